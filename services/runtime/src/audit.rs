@@ -1,0 +1,112 @@
+//! The audit trail: every change a service makes, recorded in the change's own
+//! transaction, readable per tenant.
+
+use sovra_proto::common::v1 as pb;
+
+use crate::{
+    auth::Caller,
+    clock::{to_timestamp, Millis},
+    db::{Db, Tx},
+    error::Error,
+    paging,
+};
+
+/// One change to record.
+#[derive(Debug, Clone)]
+pub struct AuditEntry<'a> {
+    /// The tenant the change was made in.
+    pub tenant_id: &'a str,
+    pub caller: &'a Caller,
+    /// True when a partner user acted through delegated administration.
+    pub delegated: bool,
+    pub action: &'a str,
+    pub target: String,
+    pub request_id: &'a str,
+    pub trace_id: &'a str,
+}
+
+/// Records a successful change (rejected calls write nothing, audit included).
+pub async fn record(tx: &mut Tx, now: Millis, e: AuditEntry<'_>) -> Result<(), Error> {
+    let (kind, actor_id, actor_tenant) = match e.caller {
+        Caller::User(u) => ("USER", u.user_id.as_str(), u.tenant_id.as_str()),
+        Caller::Operator => ("OPERATOR", "operator", ""),
+        Caller::Service(s) => ("SERVICE", s.as_str(), ""),
+    };
+    sqlx::query(
+        "INSERT INTO audit_events (id, seq_time, tenant_id, actor_kind, actor_id, actor_tenant_id, delegated, \
+         action, target, result, request_id, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'SUCCEEDED', $10, $11)",
+    )
+    .bind(uuid::Uuid::new_v4().simple().to_string())
+    .bind(now)
+    .bind(e.tenant_id)
+    .bind(kind)
+    .bind(actor_id)
+    .bind(actor_tenant)
+    .bind(e.delegated as i64)
+    .bind(e.action)
+    .bind(e.target)
+    .bind(e.request_id)
+    .bind(e.trace_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+type Row = (String, i64, String, String, String, String, i64, String, String, String, String, String);
+
+/// A tenant's events, newest first.
+pub async fn list(db: &Db, tenant_id: &str, page_size: i32, page_token: &str) -> Result<(Vec<pb::AuditEvent>, String), Error> {
+    let size = paging::page_size(page_size)?;
+    let after = paging::decode_token("audit", page_token, 2)?;
+    let (before_time, before_id) = match &after {
+        Some(v) => (
+            v[0].parse::<i64>()
+                .map_err(|_| Error::invalid("page_token", "is not a page token this list returned"))?,
+            v[1].clone(),
+        ),
+        None => (i64::MAX, String::new()),
+    };
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, seq_time, tenant_id, actor_kind, actor_id, actor_tenant_id, delegated, action, target, result, \
+         request_id, trace_id FROM audit_events WHERE tenant_id = $1 \
+         AND (seq_time < $2 OR (seq_time = $2 AND ($3 = '' OR id < $3))) \
+         ORDER BY seq_time DESC, id DESC LIMIT $4",
+    )
+    .bind(tenant_id)
+    .bind(before_time)
+    .bind(before_id)
+    .bind(size + 1)
+    .fetch_all(db.read())
+    .await?;
+    let more = rows.len() as i64 > size;
+    let mut events: Vec<pb::AuditEvent> = rows
+        .into_iter()
+        .take(size as usize)
+        .map(|r| pb::AuditEvent {
+            id: r.0,
+            time: Some(to_timestamp(r.1)),
+            tenant_id: r.2,
+            actor_kind: match r.3.as_str() {
+                "USER" => pb::ActorKind::User,
+                "OPERATOR" => pb::ActorKind::Operator,
+                _ => pb::ActorKind::Service,
+            } as i32,
+            actor_id: r.4,
+            actor_tenant_id: r.5,
+            delegated: r.6 != 0,
+            action: r.7,
+            target: r.8,
+            result: r.9,
+            request_id: r.10,
+            trace_id: r.11,
+        })
+        .collect();
+    let next = if more {
+        let last = events.last_mut().expect("more implies at least one");
+        let t = last.time.as_ref().map(|t| t.seconds * 1000 + (t.nanos / 1_000_000) as i64).unwrap_or(0);
+        paging::encode_token("audit", &[&t.to_string(), &last.id])
+    } else {
+        String::new()
+    };
+    Ok((events, next))
+}

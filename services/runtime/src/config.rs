@@ -1,0 +1,451 @@
+//! Layered, typed configuration: `config/default.toml` → `config/instances/<instance>.toml`
+//! → `config/regions/<region>.toml` → an optional local file → `SOVRA__…` env vars.
+//!
+//! When the configuration directory is absent, the copies compiled into the
+//! binary are used, so `sovra up` runs from any working directory.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+use crate::features::FeatureFlags;
+
+/// Compiled-in copies of `config/`, used when no configuration directory exists.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("default.toml", include_str!("../../../config/default.toml")),
+    (
+        "instances/global.toml",
+        include_str!("../../../config/instances/global.toml"),
+    ),
+    (
+        "instances/china.toml",
+        include_str!("../../../config/instances/china.toml"),
+    ),
+    (
+        "regions/eu-west.toml",
+        include_str!("../../../config/regions/eu-west.toml"),
+    ),
+    (
+        "regions/us-east.toml",
+        include_str!("../../../config/regions/us-east.toml"),
+    ),
+    (
+        "regions/cn-north.toml",
+        include_str!("../../../config/regions/cn-north.toml"),
+    ),
+    (
+        "regions/cn-east.toml",
+        include_str!("../../../config/regions/cn-east.toml"),
+    ),
+];
+
+/// Everything a Sovra process is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub instance: InstanceSettings,
+    pub server: ServerSettings,
+    pub auth: AuthSettings,
+    pub identity: IdentitySettings,
+    pub features: FeatureFlags,
+}
+
+/// `[instance]`: who this deployment is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSettings {
+    pub name: String,
+    pub display_name: String,
+    pub public_url: String,
+    pub token_issuer: String,
+    pub currency: String,
+    pub data_regions: Vec<String>,
+    pub region: String,
+}
+
+/// `[server]`: where to listen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: String,
+}
+
+impl ServerSettings {
+    /// The parsed listen address (validated at load).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated at load")
+    }
+}
+
+/// `[auth]`: the instance's token signing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub signing_key_file: PathBuf,
+    pub access_token_ttl_secs: u64,
+    pub operator_token_ttl_days: u64,
+}
+
+/// `[identity]`: the identity service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySettings {
+    pub database_url: String,
+    pub max_connections: u32,
+    pub user_retention_days: u32,
+    pub purge_interval_secs: u64,
+    pub idempotency_retention_hours: u32,
+    pub password_memory_kib: u32,
+    pub password_iterations: u32,
+    pub password_parallelism: u32,
+}
+
+/// A configuration problem, naming the key (and where it came from when known).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What selects and overrides the layers.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The configuration directory; `config` when unset. Embedded copies are
+    /// used when it does not exist.
+    pub config_dir: Option<PathBuf>,
+    /// The instance; else `SOVRA__INSTANCE__NAME`, else `global`.
+    pub instance: Option<String>,
+    /// The region; else `SOVRA__INSTANCE__REGION`, else the instance file's.
+    pub region: Option<String>,
+    /// An optional local file layered after the region file.
+    pub local_file: Option<PathBuf>,
+    /// Last-word overrides (`key`, `value`) applied after the environment,
+    /// used by command-line flags such as `--data-dir`.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// Loads, layers, deserializes and validates the configuration.
+    pub fn load(opts: &LoadOptions) -> Result<Settings, ConfigError> {
+        let dir = opts
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let layers = Layers {
+            dir: dir.is_dir().then_some(dir),
+        };
+        let instance = opts
+            .instance
+            .clone()
+            .or_else(|| std::env::var("SOVRA__INSTANCE__NAME").ok())
+            .unwrap_or_else(|| "global".to_owned());
+        if !is_name(&instance) {
+            return Err(ConfigError::new(
+                "instance.name",
+                format!("`{instance}` is not a valid instance name (lowercase letters, digits and '-')"),
+            ));
+        }
+        let instance_file = format!("instances/{instance}.toml");
+        if !layers.exists(&instance_file) {
+            return Err(ConfigError::new(
+                "instance.name",
+                format!("no configuration for instance `{instance}` ({instance_file} not found)"),
+            ));
+        }
+        // The region file is chosen by the region the lower layers name, so
+        // build once without it to learn the region.
+        let base = layers.build(&[&instance_file], opts, None)?;
+        let region = match &opts.region {
+            Some(r) => r.clone(),
+            None => base
+                .get_string("instance.region")
+                .map_err(|e| ConfigError::new("instance.region", e.to_string()))?,
+        };
+        let region_file = format!("regions/{region}.toml");
+        let files: Vec<&str> = if is_name(&region) && layers.exists(&region_file) {
+            vec![&instance_file, &region_file]
+        } else {
+            vec![&instance_file]
+        };
+        let cfg = layers.build(&files, opts, Some(&region))?;
+        let settings: Settings = cfg.try_deserialize().map_err(|e| {
+            let message = e.to_string();
+            let key = key_of(&message).unwrap_or_else(|| "(configuration)".to_owned());
+            ConfigError::new(key, message)
+        })?;
+        if settings.instance.name != instance {
+            return Err(ConfigError::new(
+                "instance.name",
+                format!(
+                    "{instance_file} sets instance.name = `{}`; it must be `{instance}`",
+                    settings.instance.name
+                ),
+            ));
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value a type alone can't, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let i = &self.instance;
+        if !is_name(&i.name) {
+            return Err(ConfigError::new("instance.name", "must be lowercase letters, digits and '-'"));
+        }
+        if i.display_name.trim().is_empty() {
+            return Err(ConfigError::new("instance.display_name", "must not be empty"));
+        }
+        if !is_http_url(&i.public_url) {
+            return Err(ConfigError::new(
+                "instance.public_url",
+                format!("`{}` is not an http(s) URL", i.public_url),
+            ));
+        }
+        if i.token_issuer.trim().is_empty() {
+            return Err(ConfigError::new("instance.token_issuer", "must not be empty"));
+        }
+        if i.currency.len() != 3 || !i.currency.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(ConfigError::new(
+                "instance.currency",
+                format!("`{}` is not an ISO 4217 code such as USD", i.currency),
+            ));
+        }
+        if i.data_regions.is_empty() {
+            return Err(ConfigError::new("instance.data_regions", "must list at least one region"));
+        }
+        for (n, r) in i.data_regions.iter().enumerate() {
+            if !is_name(r) {
+                return Err(ConfigError::new(
+                    "instance.data_regions",
+                    format!("`{r}` is not a valid region name"),
+                ));
+            }
+            if i.data_regions[..n].contains(r) {
+                return Err(ConfigError::new("instance.data_regions", format!("`{r}` is listed twice")));
+            }
+        }
+        if !i.data_regions.contains(&i.region) {
+            return Err(ConfigError::new(
+                "instance.region",
+                format!("`{}` is not one of instance.data_regions {:?}", i.region, i.data_regions),
+            ));
+        }
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::new(
+                "server.listen",
+                format!("`{}` is not an address such as 127.0.0.1:50051", self.server.listen),
+            ));
+        }
+        if self.auth.access_token_ttl_secs == 0 {
+            return Err(ConfigError::new("auth.access_token_ttl_secs", "must be at least 1"));
+        }
+        if self.auth.operator_token_ttl_days == 0 {
+            return Err(ConfigError::new("auth.operator_token_ttl_days", "must be at least 1"));
+        }
+        let id = &self.identity;
+        check_database_url("identity.database_url", &id.database_url)?;
+        if id.max_connections == 0 {
+            return Err(ConfigError::new("identity.max_connections", "must be at least 1"));
+        }
+        if id.user_retention_days == 0 {
+            return Err(ConfigError::new("identity.user_retention_days", "must be at least 1"));
+        }
+        if id.purge_interval_secs == 0 {
+            return Err(ConfigError::new("identity.purge_interval_secs", "must be at least 1"));
+        }
+        if id.password_iterations == 0 {
+            return Err(ConfigError::new("identity.password_iterations", "must be at least 1"));
+        }
+        if id.password_parallelism == 0 {
+            return Err(ConfigError::new("identity.password_parallelism", "must be at least 1"));
+        }
+        if id.password_memory_kib < 8 * id.password_parallelism {
+            return Err(ConfigError::new(
+                "identity.password_memory_kib",
+                "must be at least 8 × identity.password_parallelism",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a database URL names a backend Sovra supports.
+pub fn check_database_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(ConfigError::new(key, "must start with sqlite:, postgres:// or postgresql://"))
+    }
+}
+
+struct Layers {
+    dir: Option<PathBuf>,
+}
+
+impl Layers {
+    fn exists(&self, rel: &str) -> bool {
+        match &self.dir {
+            Some(dir) => dir.join(rel).is_file(),
+            None => EMBEDDED.iter().any(|(name, _)| *name == rel),
+        }
+    }
+
+    fn source(&self, rel: &str) -> File<config::FileSourceString, FileFormat> {
+        let text = match &self.dir {
+            Some(dir) => std::fs::read_to_string(dir.join(rel)).unwrap_or_default(),
+            None => EMBEDDED
+                .iter()
+                .find(|(name, _)| *name == rel)
+                .map(|(_, t)| (*t).to_owned())
+                .unwrap_or_default(),
+        };
+        File::from_str(&text, FileFormat::Toml)
+    }
+
+    fn origin(&self, rel: &str) -> String {
+        match &self.dir {
+            Some(dir) => dir.join(rel).display().to_string(),
+            None => format!("(built-in) config/{rel}"),
+        }
+    }
+
+    fn build(&self, files: &[&str], opts: &LoadOptions, region: Option<&str>) -> Result<Config, ConfigError> {
+        let mut b = Config::builder();
+        for rel in std::iter::once(&"default.toml").chain(files.iter()) {
+            // Parse each file alone first so a syntax error names its file.
+            Config::builder()
+                .add_source(self.source(rel))
+                .build()
+                .map_err(|e| ConfigError::new(self.origin(rel), e.to_string()))?;
+            b = b.add_source(self.source(rel));
+        }
+        if let Some(local) = &opts.local_file {
+            b = b.add_source(File::from(local.as_path()).format(FileFormat::Toml));
+        }
+        b = b.add_source(
+            Environment::with_prefix("SOVRA")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("instance.data_regions")
+                .try_parsing(true),
+        );
+        for (k, v) in &opts.overrides {
+            b = b
+                .set_override(k.as_str(), v.as_str())
+                .map_err(|e| ConfigError::new(k.clone(), e.to_string()))?;
+        }
+        if let Some(r) = region {
+            b = b
+                .set_override("instance.region", r)
+                .map_err(|e| ConfigError::new("instance.region", e.to_string()))?;
+        }
+        b.build().map_err(|e| {
+            let message = e.to_string();
+            ConfigError::new(key_of(&message).unwrap_or_else(|| "(configuration)".into()), message)
+        })
+    }
+}
+
+/// Pulls the key out of a `config` crate message such as "… for key `a.b`".
+fn key_of(message: &str) -> Option<String> {
+    let start = message.find("key `")? + 5;
+    let end = message[start..].find('`')? + start;
+    Some(message[start..end].to_owned())
+}
+
+/// Lowercase letters, digits and '-', starting with a letter, at most 32 characters.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.contains(char::is_whitespace))
+}
+
+/// Resolves `path` against `base` unless it is absolute.
+pub fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(instance: &str) -> LoadOptions {
+        LoadOptions {
+            config_dir: Some(PathBuf::from("../../config")),
+            instance: Some(instance.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn global_and_china_load_with_their_own_values() {
+        let g = Settings::load(&opts("global")).unwrap();
+        let c = Settings::load(&opts("china")).unwrap();
+        assert_eq!(g.instance.currency, "USD");
+        assert_eq!(c.instance.currency, "CNY");
+        assert!(g.features.product_keys);
+        assert!(!c.features.product_keys);
+        assert_ne!(g.instance.token_issuer, c.instance.token_issuer);
+    }
+
+    #[test]
+    fn embedded_copies_match_when_the_directory_is_missing() {
+        let mut o = opts("china");
+        o.config_dir = Some(PathBuf::from("/nonexistent/sovra-config"));
+        let c = Settings::load(&o).unwrap();
+        assert_eq!(c.instance.data_regions, vec!["cn-north", "cn-east"]);
+    }
+
+    #[test]
+    fn an_invalid_value_names_its_key() {
+        let mut o = opts("global");
+        o.overrides.push(("identity.user_retention_days".into(), "soon".into()));
+        let e = Settings::load(&o).unwrap_err();
+        assert_eq!(e.key, "identity.user_retention_days", "{e}");
+
+        let mut o = opts("global");
+        o.overrides.push(("instance.region".into(), "mars".into()));
+        o.region = Some("mars".into());
+        let e = Settings::load(&o).unwrap_err();
+        assert_eq!(e.key, "instance.region", "{e}");
+
+        let mut o = opts("global");
+        o.overrides.push(("server.listen".into(), "nowhere".into()));
+        let e = Settings::load(&o).unwrap_err();
+        assert_eq!(e.key, "server.listen");
+    }
+
+    #[test]
+    fn an_unknown_instance_is_refused() {
+        let e = Settings::load(&opts("mars")).unwrap_err();
+        assert_eq!(e.key, "instance.name");
+        assert!(e.message.contains("mars"));
+    }
+}

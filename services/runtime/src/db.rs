@@ -1,0 +1,276 @@
+//! Database pools for SQLite (bundled) and PostgreSQL, chosen by URL, with
+//! one SQL dialect for both (`$1` parameters, TEXT/BIGINT columns), per-service
+//! migrations, and the instance stamp every database carries.
+
+use std::time::Duration;
+
+use sqlx::{
+    any::{AnyPoolOptions, AnyQueryResult},
+    AnyPool, Executor,
+};
+
+use crate::error::Error;
+
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One migration: a version (increasing within its component) and its SQL.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Tables the runtime itself keeps in every service's database.
+const RUNTIME_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "idempotency_and_audit",
+    sql: include_str!("../migrations/0001_idempotency_and_audit.sql"),
+}];
+
+/// A service's database: a read pool and a write pool. On SQLite the write
+/// pool has one connection, so writers queue in-process instead of failing
+/// with SQLITE_BUSY; on PostgreSQL both are the same pool.
+#[derive(Debug, Clone)]
+pub struct Db {
+    read: AnyPool,
+    write: AnyPool,
+    backend: Backend,
+}
+
+/// Why a database was refused at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum DbOpenError {
+    #[error("database for {service} was created for instance `{found}`; this is instance `{expected}`: refusing to start")]
+    ForeignInstance {
+        service: String,
+        found: String,
+        expected: String,
+    },
+    #[error("database for {service} belongs to service `{found}`: refusing to start")]
+    ForeignService { service: String, found: String },
+    #[error("cannot open the {service} database: {source}")]
+    Connect { service: String, source: sqlx::Error },
+    #[error("migration {component} {version} ({name}) failed: {source}")]
+    Migrate {
+        component: String,
+        version: i64,
+        name: String,
+        source: sqlx::Error,
+    },
+}
+
+impl Db {
+    /// Connects by URL (`sqlite:` or `postgres://`).
+    pub async fn connect(service: &str, url: &str, max_connections: u32) -> Result<Db, DbOpenError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let connect_err = |source| DbOpenError::Connect {
+            service: service.to_owned(),
+            source,
+        };
+        let options = || {
+            AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(10))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            // WAL with synchronous=FULL: an acknowledged commit survives a crash.
+                            conn.execute(
+                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
+                            )
+                            .await?;
+                        }
+                        Ok(())
+                    })
+                })
+        };
+        match backend {
+            Backend::Sqlite => {
+                let write = options()
+                    .max_connections(1)
+                    .connect(url)
+                    .await
+                    .map_err(connect_err)?;
+                let read = options()
+                    .max_connections(max_connections.max(1))
+                    .connect(url)
+                    .await
+                    .map_err(connect_err)?;
+                Ok(Db { read, write, backend })
+            }
+            Backend::Postgres => {
+                let pool = options()
+                    .max_connections(max_connections.max(1))
+                    .connect(url)
+                    .await
+                    .map_err(connect_err)?;
+                Ok(Db {
+                    read: pool.clone(),
+                    write: pool,
+                    backend,
+                })
+            }
+        }
+    }
+
+    /// Checks the instance stamp, runs the runtime's and the service's
+    /// migrations, and stamps a new database with its instance and service.
+    pub async fn prepare(&self, instance: &str, service: &str, migrations: &[Migration]) -> Result<(), DbOpenError> {
+        let mig_err = |component: &str, m: &Migration, source| DbOpenError::Migrate {
+            component: component.to_owned(),
+            version: m.version,
+            name: m.name.to_owned(),
+            source,
+        };
+        let boot = Migration {
+            version: 0,
+            name: "bootstrap",
+            sql: "",
+        };
+        let mut conn = self.write.acquire().await.map_err(|source| DbOpenError::Connect {
+            service: service.to_owned(),
+            source,
+        })?;
+        if self.backend == Backend::Postgres {
+            // Replicas starting together migrate one at a time.
+            sqlx::query("SELECT pg_advisory_lock(4242)")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| mig_err("runtime", &boot, e))?;
+        }
+        let result = async {
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS sovra_instance (id BIGINT PRIMARY KEY, instance TEXT NOT NULL, \
+                 service TEXT NOT NULL, created_at BIGINT NOT NULL); \
+                 CREATE TABLE IF NOT EXISTS sovra_migrations (component TEXT NOT NULL, version BIGINT NOT NULL, \
+                 name TEXT NOT NULL, applied_at BIGINT NOT NULL, PRIMARY KEY (component, version));",
+            )
+            .await
+            .map_err(|e| mig_err("runtime", &boot, e))?;
+            let stamp: Option<(String, String)> =
+                sqlx::query_as("SELECT instance, service FROM sovra_instance WHERE id = 1")
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(|e| mig_err("runtime", &boot, e))?;
+            match stamp {
+                Some((found, _)) if found != instance => {
+                    return Err(DbOpenError::ForeignInstance {
+                        service: service.to_owned(),
+                        found,
+                        expected: instance.to_owned(),
+                    })
+                }
+                Some((_, found)) if found != service => {
+                    return Err(DbOpenError::ForeignService {
+                        service: service.to_owned(),
+                        found,
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    sqlx::query(
+                        "INSERT INTO sovra_instance (id, instance, service, created_at) VALUES (1, $1, $2, $3)",
+                    )
+                    .bind(instance)
+                    .bind(service)
+                    .bind(crate::clock::Clock::now_ms(&crate::clock::SystemClock))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| mig_err("runtime", &boot, e))?;
+                }
+            }
+            for (component, list) in [("runtime", RUNTIME_MIGRATIONS), (service, migrations)] {
+                for m in list {
+                    let done: Option<(i64,)> = sqlx::query_as(
+                        "SELECT version FROM sovra_migrations WHERE component = $1 AND version = $2",
+                    )
+                    .bind(component)
+                    .bind(m.version)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(|e| mig_err(component, m, e))?;
+                    if done.is_some() {
+                        continue;
+                    }
+                    let mut tx = sqlx::Connection::begin(&mut *conn)
+                        .await
+                        .map_err(|e| mig_err(component, m, e))?;
+                    sqlx::raw_sql(m.sql)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| mig_err(component, m, e))?;
+                    sqlx::query(
+                        "INSERT INTO sovra_migrations (component, version, name, applied_at) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(component)
+                    .bind(m.version)
+                    .bind(m.name)
+                    .bind(crate::clock::Clock::now_ms(&crate::clock::SystemClock))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| mig_err(component, m, e))?;
+                    tx.commit().await.map_err(|e| mig_err(component, m, e))?;
+                    tracing::info!(component, version = m.version, name = m.name, "migration applied");
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            let _ = sqlx::query("SELECT pg_advisory_unlock(4242)")
+                .execute(&mut *conn)
+                .await;
+        }
+        result
+    }
+
+    /// The pool for reads.
+    pub fn read(&self) -> &AnyPool {
+        &self.read
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx, Error> {
+        Ok(self.write.begin().await?)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Connections checked out of the pools right now.
+    pub fn in_use(&self) -> u32 {
+        let busy = |p: &AnyPool| p.size().saturating_sub(p.num_idle() as u32);
+        match self.backend {
+            Backend::Sqlite => busy(&self.read) + busy(&self.write),
+            Backend::Postgres => busy(&self.read),
+        }
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+/// True when an error is a unique-constraint violation (both backends).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Rows a statement changed.
+pub fn affected(r: &AnyQueryResult) -> u64 {
+    r.rows_affected()
+}

@@ -1,0 +1,126 @@
+//! `request_id` idempotency: the first result of a mutation is stored in the
+//! same transaction as the mutation, and a retry with the same id gets it back
+//! without changing anything.
+
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    auth::Caller,
+    clock::Millis,
+    db::{is_unique_violation, Tx},
+    error::Error,
+};
+
+/// A mutation's idempotency key, when the request carried a `request_id`.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    scope: String,
+    request_id: String,
+    method: &'static str,
+    request_hash: String,
+}
+
+impl Idempotency {
+    /// `None` when `request_id` is empty (the call is then not deduplicated).
+    pub fn new<R: Message>(caller: &Caller, method: &'static str, request_id: &str, request: &R) -> Result<Option<Self>, Error> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        if request_id.len() > 128
+            || !request_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        {
+            return Err(Error::invalid(
+                "request_id",
+                "must be at most 128 letters, digits, '-', '_', '.' or ':' (a UUID is a good choice)",
+            ));
+        }
+        let hash = Sha256::digest(request.encode_to_vec());
+        Ok(Some(Self {
+            scope: caller.principal(),
+            request_id: request_id.to_owned(),
+            method,
+            request_hash: B64.encode(hash),
+        }))
+    }
+
+    /// The stored first result, if this request_id was already used.
+    pub async fn replay<M: Message + Default>(&self, tx: &mut Tx) -> Result<Option<M>, Error> {
+        let row: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT method, request_hash, response FROM idempotency_keys WHERE scope = $1 AND request_id = $2",
+        )
+        .bind(&self.scope)
+        .bind(&self.request_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some((method, hash, response)) = row else {
+            return Ok(None);
+        };
+        if method != self.method || hash != self.request_hash {
+            return Err(Error::invalid(
+                "request_id",
+                "was already used for a different request: send a new request_id",
+            ));
+        }
+        let bytes = B64.decode(response).map_err(Error::internal)?;
+        Ok(Some(M::decode(bytes.as_slice()).map_err(Error::internal)?))
+    }
+
+    /// Stores the result; call inside the mutation's transaction.
+    pub async fn remember<M: Message>(&self, tx: &mut Tx, response: &M, now: Millis) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, request_id, method, request_hash, response, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&self.scope)
+        .bind(&self.request_id)
+        .bind(self.method)
+        .bind(&self.request_hash)
+        .bind(B64.encode(response.encode_to_vec()))
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                // Two identical requests raced; the other one's commit won.
+                Error::aborted(
+                    "REQUEST_IN_FLIGHT",
+                    "a request with this request_id was being processed at the same time: retry to get its result",
+                )
+            } else {
+                Error::from(e)
+            }
+        })?;
+        Ok(())
+    }
+}
+
+/// Replays a stored result inside `tx`, when there is one.
+pub async fn replay<M: Message + Default>(idem: &Option<Idempotency>, tx: &mut Tx) -> Result<Option<M>, Error> {
+    match idem {
+        Some(i) => i.replay(tx).await,
+        None => Ok(None),
+    }
+}
+
+/// Stores a result inside `tx`, when the request had a request_id.
+pub async fn remember<M: Message>(idem: &Option<Idempotency>, tx: &mut Tx, response: &M, now: Millis) -> Result<(), Error> {
+    match idem {
+        Some(i) => i.remember(tx, response, now).await,
+        None => Ok(()),
+    }
+}
+
+/// Forgets request_ids older than `before`.
+pub async fn expire(db: &crate::db::Db, before: Millis) -> Result<u64, Error> {
+    let mut tx = db.begin().await?;
+    let r = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(r.rows_affected())
+}

@@ -1,0 +1,17 @@
+//! The shared service runtime every Sovra service stands on: configuration,
+//! feature flags, database pools and migrations, the error type and its gRPC
+//! mapping, idempotency, tokens and caller identity, audit, and the server bootstrap.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod features;
+pub mod idempotency;
+pub mod paging;
+pub mod server;
+
+pub use error::{Error, ErrorCode, Result};

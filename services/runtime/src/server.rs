@@ -1,0 +1,98 @@
+//! Server bootstrap: one gRPC endpoint carrying the registered services plus
+//! `grpc.health.v1` and reflection; binds (port 0 works) and reports the real
+//! address; stops gracefully on a shutdown signal.
+
+use std::{future::Future, net::SocketAddr};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{
+    service::{Routes, RoutesBuilder},
+    transport::Server,
+};
+use tonic_health::ServingStatus;
+
+/// The services one endpoint will carry.
+#[derive(Default)]
+pub struct ServiceSet {
+    pub routes: RoutesBuilder,
+    /// Fully-qualified names, reported SERVING by health once started.
+    pub names: Vec<&'static str>,
+}
+
+/// A bound, not yet serving, endpoint.
+pub struct Endpoint {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Endpoint {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Endpoint> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        Ok(Endpoint { listener, addr })
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls.
+    pub async fn serve(self, set: ServiceSet, shutdown: impl Future<Output = ()> + Send) -> Result<(), tonic::transport::Error> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in &set.names {
+            health.set_service_status(*name, ServingStatus::Serving).await;
+        }
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sovra_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the compiled descriptor sets are valid");
+        // grpcurl and older tools still ask v1alpha.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sovra_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("the compiled descriptor sets are valid");
+        let routes: Routes = set
+            .routes
+            .routes()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await
+    }
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}
+
+/// True for loopback addresses, where plaintext is allowed.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
