@@ -1,0 +1,242 @@
+//! The identity service's shared state and the steps every handler takes:
+//! who is calling, may they, record what they did.
+
+use std::{sync::Arc, time::Duration};
+
+use sovra_runtime::{
+    audit::{self, AuditEntry},
+    auth::{self, Authority, Caller},
+    clock::{Millis, SharedClock},
+    config::Settings,
+    db::{Db, Tx},
+    features::FeatureFlags,
+    Error,
+};
+use tonic::Request;
+
+use crate::{
+    domain::{
+        ids::TenantId,
+        policy::{self, Basis, Decision, Subject},
+        roles::{Permission, TenantKind},
+    },
+    hashing::Hasher,
+    store::{grants, tenants, tenants::TenantRecord, users},
+};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// What identity needs from configuration.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub instance: String,
+    pub data_regions: Vec<String>,
+    pub region: String,
+    pub features: FeatureFlags,
+    pub retention_ms: i64,
+    pub access_token_ttl_secs: u64,
+    pub idempotency_retention_ms: i64,
+    pub purge_interval: Duration,
+}
+
+impl IdentityConfig {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            instance: s.instance.name.clone(),
+            data_regions: s.instance.data_regions.clone(),
+            region: s.instance.region.clone(),
+            features: s.features,
+            retention_ms: s.identity.user_retention_days as i64 * DAY_MS,
+            access_token_ttl_secs: s.auth.access_token_ttl_secs,
+            idempotency_retention_ms: s.identity.idempotency_retention_hours as i64 * 60 * 60 * 1000,
+            purge_interval: Duration::from_secs(s.identity.purge_interval_secs),
+        }
+    }
+}
+
+/// The identity service: one value implements all four gRPC services.
+#[derive(Clone)]
+pub struct Identity {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub db: Db,
+    pub authority: Authority,
+    pub clock: SharedClock,
+    pub hasher: Hasher,
+    pub cfg: IdentityConfig,
+}
+
+/// Who is calling, and the trace the call belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx {
+    pub caller: Caller,
+    pub trace_id: String,
+}
+
+/// A granted decision, for the audit record.
+#[derive(Debug, Clone)]
+pub(crate) struct Granted {
+    pub delegated: bool,
+}
+
+impl Identity {
+    pub fn new(db: Db, authority: Authority, clock: SharedClock, hasher: Hasher, cfg: IdentityConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                authority,
+                clock,
+                hasher,
+                cfg,
+            }),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Millis {
+        self.inner.clock.now_ms()
+    }
+
+    /// Users deleted at or before this instant are gone.
+    pub(crate) fn cutoff(&self) -> Millis {
+        self.now() - self.inner.cfg.retention_ms
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub(crate) fn cfg(&self) -> &IdentityConfig {
+        &self.inner.cfg
+    }
+
+    pub(crate) fn ctx<T>(&self, req: &Request<T>) -> Result<Ctx, Error> {
+        Ok(Ctx {
+            caller: auth::caller(req)?,
+            trace_id: auth::trace_id(req),
+        })
+    }
+
+    pub(crate) fn tenant_id(&self, field: &str, value: &str) -> Result<TenantId, Error> {
+        TenantId::parse(field, value, &self.inner.cfg.instance)
+    }
+
+    /// Loads a tenant or answers NOT_FOUND.
+    pub(crate) async fn tenant(&self, id: &TenantId) -> Result<TenantRecord, Error> {
+        tenants::get(self.db().read(), id.as_str())
+            .await?
+            .ok_or_else(|| tenant_not_found(id))
+    }
+
+    /// The access decision for a user, read from local indexed data only.
+    pub(crate) async fn decide_for_user(&self, user_id: &str, tenant_id: &str, p: Permission) -> Result<Option<Decision>, Error> {
+        let Some(row) = users::subject(self.db().read(), user_id).await? else {
+            return Ok(None);
+        };
+        let kind = TenantKind::from_stored(&row.tenant_kind).unwrap_or(TenantKind::Customer);
+        let grant_active = row.tenant_id != tenant_id
+            && kind == TenantKind::Partner
+            && grants::is_active(self.db().read(), &row.tenant_id, tenant_id).await?;
+        let subject = Subject {
+            user_id: user_id.to_owned(),
+            tenant_id: row.tenant_id,
+            tenant_kind: kind,
+            role: row.role,
+            access: row.access,
+            deleted: row.deleted,
+            blocked: row.blocked,
+        };
+        Ok(Some(policy::decide(&subject, tenant_id, p, grant_active)))
+    }
+
+    /// Requires a signed-in user allowed to do `p` in `tenant`. A tenant the
+    /// user has no standing in answers NOT_FOUND, so tenants can't be probed.
+    pub(crate) async fn authorize(&self, ctx: &Ctx, tenant: &TenantId, p: Permission) -> Result<Granted, Error> {
+        let Caller::User(u) = &ctx.caller else {
+            return Err(Error::permission_denied(
+                "USER_REQUIRED",
+                "this call acts inside a tenant and needs a signed-in user's token",
+            ));
+        };
+        let decision = self
+            .decide_for_user(&u.user_id, tenant.as_str(), p)
+            .await?
+            .ok_or_else(|| Error::unauthenticated("USER_GONE", "the signed-in user no longer exists"))?;
+        if decision.allowed {
+            return Ok(Granted {
+                delegated: matches!(decision.basis, Basis::DelegatedFull | Basis::DelegatedLimited),
+            });
+        }
+        if !decision.related {
+            return Err(tenant_not_found(tenant));
+        }
+        Err(Error::permission_denied("PERMISSION_DENIED", decision.reason))
+    }
+
+    /// Requires the operator.
+    pub(crate) fn require_operator(&self, ctx: &Ctx) -> Result<(), Error> {
+        if ctx.caller.is_operator() {
+            Ok(())
+        } else {
+            Err(Error::permission_denied("OPERATOR_REQUIRED", "only the instance operator may do this"))
+        }
+    }
+
+    /// Records a change in the transaction that makes it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn audit(
+        &self,
+        tx: &mut Tx,
+        ctx: &Ctx,
+        tenant_id: &str,
+        delegated: bool,
+        action: &str,
+        target: String,
+        request_id: &str,
+    ) -> Result<(), Error> {
+        audit::record(
+            tx,
+            self.now(),
+            AuditEntry {
+                tenant_id,
+                caller: &ctx.caller,
+                delegated,
+                action,
+                target,
+                request_id,
+                trace_id: &ctx.trace_id,
+            },
+        )
+        .await
+    }
+
+    /// Purges users past retention and forgets old request ids, once.
+    pub async fn housekeep(&self) -> Result<(u64, u64), Error> {
+        let mut tx = self.db().begin().await?;
+        let users = users::purge_expired(&mut tx, self.cutoff()).await?;
+        tx.commit().await?;
+        let keys = sovra_runtime::idempotency::expire(self.db(), self.now() - self.cfg().idempotency_retention_ms).await?;
+        Ok((users, keys))
+    }
+
+    /// Runs [`Identity::housekeep`] every `purge_interval` until dropped.
+    pub fn spawn_housekeeping(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.cfg().purge_interval);
+            loop {
+                tick.tick().await;
+                match this.housekeep().await {
+                    Ok((0, 0)) => {}
+                    Ok((users, keys)) => tracing::info!(users, request_ids = keys, "housekeeping purged"),
+                    Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
+                }
+            }
+        })
+    }
+}
+
+pub(crate) fn tenant_not_found(id: &TenantId) -> Error {
+    Error::not_found("TENANT_NOT_FOUND", format!("tenant {id} not found"))
+}

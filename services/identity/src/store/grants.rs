@@ -1,0 +1,67 @@
+//! The `delegated_grants` table: which partner holds active delegated
+//! administration of which customer, as last pushed by relationships.
+
+use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sqlx::{Any, Executor};
+
+use crate::domain::roles::GrantState;
+
+/// True when `partner` holds an active grant on `customer`.
+pub async fn is_active<'e, E: Executor<'e, Database = Any>>(ex: E, partner: &str, customer: &str) -> Result<bool, Error> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT state FROM delegated_grants WHERE customer_tenant_id = $1 AND partner_tenant_id = $2",
+    )
+    .bind(customer)
+    .bind(partner)
+    .fetch_optional(ex)
+    .await?;
+    Ok(matches!(row, Some((s,)) if s == GrantState::Active.as_str()))
+}
+
+/// The outcome of applying a grant version.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    pub applied: bool,
+    pub version: i64,
+    pub state: GrantState,
+}
+
+/// Upserts the grant unless the stored version is newer or equal.
+pub async fn apply(
+    tx: &mut Tx,
+    partner: &str,
+    customer: &str,
+    relationship_id: &str,
+    state: GrantState,
+    version: i64,
+    now: Millis,
+) -> Result<Applied, Error> {
+    let r = sqlx::query(
+        "INSERT INTO delegated_grants (customer_tenant_id, partner_tenant_id, relationship_id, state, version, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (customer_tenant_id, partner_tenant_id) DO UPDATE SET relationship_id = excluded.relationship_id, \
+         state = excluded.state, version = excluded.version, updated_at = excluded.updated_at \
+         WHERE delegated_grants.version < excluded.version",
+    )
+    .bind(customer)
+    .bind(partner)
+    .bind(relationship_id)
+    .bind(state.as_str())
+    .bind(version)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let (stored_state, stored_version): (String, i64) = sqlx::query_as(
+        "SELECT state, version FROM delegated_grants WHERE customer_tenant_id = $1 AND partner_tenant_id = $2",
+    )
+    .bind(customer)
+    .bind(partner)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Applied {
+        applied: r.rows_affected() == 1,
+        version: stored_version,
+        state: GrantState::from_stored(&stored_state)
+            .ok_or_else(|| Error::internal(format!("grant {partner}->{customer} has a bad stored state")))?,
+    })
+}
