@@ -36,7 +36,9 @@ pub async fn record(tx: &mut Tx, now: Millis, e: AuditEntry<'_>) -> Result<(), E
         "INSERT INTO audit_events (id, seq_time, tenant_id, actor_kind, actor_id, actor_tenant_id, delegated, \
          action, target, result, request_id, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'SUCCEEDED', $10, $11)",
     )
-    .bind(uuid::Uuid::new_v4().simple().to_string())
+    // UUIDv7 ids are monotonic within a process, so events in the same
+    // millisecond keep their order.
+    .bind(uuid::Uuid::now_v7().simple().to_string())
     .bind(now)
     .bind(e.tenant_id)
     .bind(kind)

@@ -1,0 +1,53 @@
+//! Start-up: health, the instance stamp, loopback-only plaintext, graceful stop.
+
+use std::sync::Arc;
+
+use sovra_runtime::auth::Keyring;
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+
+use crate::{backend_test, helpers::*};
+
+async fn every_identity_service_reports_serving(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let mut health = HealthClient::new(app.channel.clone());
+    for service in [
+        "",
+        "sovra.identity.v1.TenantService",
+        "sovra.identity.v1.UserService",
+        "sovra.identity.v1.AuthService",
+        "sovra.identity.v1.AccessService",
+    ] {
+        let status = health
+            .check(HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
+    app.stop().await;
+}
+backend_test!(every_identity_service_reports_serving);
+
+async fn a_database_of_another_instance_is_refused(b: Backend) {
+    let db = TestDb::new(b).await;
+    let global = TestApp::start(&settings("global", &db.url), Arc::new(Keyring::generate())).await.unwrap();
+    global.stop().await;
+    let err = match TestApp::start(&settings("china", &db.url), Arc::new(Keyring::generate())).await {
+        Ok(_) => panic!("china started on global's database"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("instance `global`") && err.contains("this is instance `china`"), "{err}");
+    // And global still starts on its own database, data intact.
+    let again = TestApp::start(&settings("global", &db.url), Arc::new(Keyring::generate())).await.unwrap();
+    again.stop().await;
+}
+backend_test!(a_database_of_another_instance_is_refused);
+
+#[tokio::test]
+async fn plaintext_is_refused_off_loopback() {
+    let err = sovra::refuse_plaintext_off_loopback(&"0.0.0.0:50051".parse().unwrap()).unwrap_err();
+    assert!(format!("{err}").contains("loopback"));
+    sovra::refuse_plaintext_off_loopback(&"127.0.0.1:50051".parse().unwrap()).unwrap();
+    sovra::refuse_plaintext_off_loopback(&"[::1]:50051".parse().unwrap()).unwrap();
+}

@@ -1,0 +1,9 @@
+//! End-to-end: real Sovra on port 0, real gRPC, on SQLite and on PostgreSQL.
+
+mod helpers;
+
+mod access;
+mod auth;
+mod bootstrap;
+mod tenants;
+mod users;
