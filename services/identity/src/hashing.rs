@@ -1,6 +1,9 @@
 //! Argon2id password hashes, computed off the async runtime.
 
-use argon2::{password_hash::SaltString, Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use argon2::{
+    password_hash::SaltString, Algorithm, Argon2, Params, PasswordHash, PasswordHasher,
+    PasswordVerifier, Version,
+};
 use sovra_runtime::Error;
 
 use crate::domain::password::Password;
@@ -50,7 +53,9 @@ impl Hasher {
     /// True when `password` matches `phc` (or the decoy when `phc` is None).
     pub async fn verify(&self, password: &str, phc: Option<&str>) -> Result<bool, Error> {
         let known = phc.is_some();
-        let phc = phc.map(str::to_owned).unwrap_or_else(|| (*self.decoy).clone());
+        let phc = phc
+            .map(str::to_owned)
+            .unwrap_or_else(|| (*self.decoy).clone());
         let pw = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&phc)

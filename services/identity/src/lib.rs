@@ -38,27 +38,60 @@ pub enum BuildError {
 
 /// Opens (and migrates) identity's database.
 pub async fn open_database(settings: &Settings) -> Result<Db, DbOpenError> {
-    let db = Db::connect(SERVICE, &settings.identity.database_url, settings.identity.max_connections).await?;
-    db.prepare(&settings.instance.name, SERVICE, store::MIGRATIONS).await?;
+    let db = Db::connect(
+        SERVICE,
+        &settings.identity.database_url,
+        settings.identity.max_connections,
+    )
+    .await?;
+    db.prepare(&settings.instance.name, SERVICE, store::MIGRATIONS)
+        .await?;
     Ok(db)
 }
 
 /// Builds the service over an opened database.
-pub fn build(settings: &Settings, db: Db, authority: Authority, clock: SharedClock) -> Result<Identity, BuildError> {
+pub fn build(
+    settings: &Settings,
+    db: Db,
+    authority: Authority,
+    clock: SharedClock,
+) -> Result<Identity, BuildError> {
     let id = &settings.identity;
-    let hasher = hashing::Hasher::new(id.password_memory_kib, id.password_iterations, id.password_parallelism)
-        .map_err(BuildError::Hasher)?;
-    Ok(Identity::new(db, authority, clock, hasher, IdentityConfig::from_settings(settings)))
+    let hasher = hashing::Hasher::new(
+        id.password_memory_kib,
+        id.password_iterations,
+        id.password_parallelism,
+    )
+    .map_err(BuildError::Hasher)?;
+    Ok(Identity::new(
+        db,
+        authority,
+        clock,
+        hasher,
+        IdentityConfig::from_settings(settings),
+    ))
 }
 
 impl Identity {
     /// Adds the four identity services, behind the authenticator, to `set`.
     pub fn register(&self, set: &mut ServiceSet, auth: &Authenticator) {
         set.routes
-            .add_service(TenantServiceServer::with_interceptor(self.clone(), auth.clone()))
-            .add_service(UserServiceServer::with_interceptor(self.clone(), auth.clone()))
-            .add_service(AuthServiceServer::with_interceptor(self.clone(), auth.clone()))
-            .add_service(AccessServiceServer::with_interceptor(self.clone(), auth.clone()));
+            .add_service(TenantServiceServer::with_interceptor(
+                self.clone(),
+                auth.clone(),
+            ))
+            .add_service(UserServiceServer::with_interceptor(
+                self.clone(),
+                auth.clone(),
+            ))
+            .add_service(AuthServiceServer::with_interceptor(
+                self.clone(),
+                auth.clone(),
+            ))
+            .add_service(AccessServiceServer::with_interceptor(
+                self.clone(),
+                auth.clone(),
+            ));
         set.names.extend([
             tenant_service_server::SERVICE_NAME,
             user_service_server::SERVICE_NAME,

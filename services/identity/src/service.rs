@@ -48,7 +48,10 @@ impl IdentityConfig {
             features: s.features,
             retention_ms: s.identity.user_retention_days as i64 * DAY_MS,
             access_token_ttl_secs: s.auth.access_token_ttl_secs,
-            idempotency_retention_ms: s.identity.idempotency_retention_hours as i64 * 60 * 60 * 1000,
+            idempotency_retention_ms: s.identity.idempotency_retention_hours as i64
+                * 60
+                * 60
+                * 1000,
             purge_interval: Duration::from_secs(s.identity.purge_interval_secs),
         }
     }
@@ -82,7 +85,13 @@ pub(crate) struct Granted {
 }
 
 impl Identity {
-    pub fn new(db: Db, authority: Authority, clock: SharedClock, hasher: Hasher, cfg: IdentityConfig) -> Self {
+    pub fn new(
+        db: Db,
+        authority: Authority,
+        clock: SharedClock,
+        hasher: Hasher,
+        cfg: IdentityConfig,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 db,
@@ -130,7 +139,12 @@ impl Identity {
     }
 
     /// The access decision for a user, read from local indexed data only.
-    pub(crate) async fn decide_for_user(&self, user_id: &str, tenant_id: &str, p: Permission) -> Result<Option<Decision>, Error> {
+    pub(crate) async fn decide_for_user(
+        &self,
+        user_id: &str,
+        tenant_id: &str,
+        p: Permission,
+    ) -> Result<Option<Decision>, Error> {
         let Some(row) = users::subject(self.db().read(), user_id).await? else {
             return Ok(None);
         };
@@ -152,7 +166,12 @@ impl Identity {
 
     /// Requires a signed-in user allowed to do `p` in `tenant`. A tenant the
     /// user has no standing in answers NOT_FOUND, so tenants can't be probed.
-    pub(crate) async fn authorize(&self, ctx: &Ctx, tenant: &TenantId, p: Permission) -> Result<Granted, Error> {
+    pub(crate) async fn authorize(
+        &self,
+        ctx: &Ctx,
+        tenant: &TenantId,
+        p: Permission,
+    ) -> Result<Granted, Error> {
         let Caller::User(u) = &ctx.caller else {
             return Err(Error::permission_denied(
                 "USER_REQUIRED",
@@ -162,16 +181,24 @@ impl Identity {
         let decision = self
             .decide_for_user(&u.user_id, tenant.as_str(), p)
             .await?
-            .ok_or_else(|| Error::unauthenticated("USER_GONE", "the signed-in user no longer exists"))?;
+            .ok_or_else(|| {
+                Error::unauthenticated("USER_GONE", "the signed-in user no longer exists")
+            })?;
         if decision.allowed {
             return Ok(Granted {
-                delegated: matches!(decision.basis, Basis::DelegatedFull | Basis::DelegatedLimited),
+                delegated: matches!(
+                    decision.basis,
+                    Basis::DelegatedFull | Basis::DelegatedLimited
+                ),
             });
         }
         if !decision.related {
             return Err(tenant_not_found(tenant));
         }
-        Err(Error::permission_denied("PERMISSION_DENIED", decision.reason))
+        Err(Error::permission_denied(
+            "PERMISSION_DENIED",
+            decision.reason,
+        ))
     }
 
     /// Requires the operator.
@@ -179,7 +206,10 @@ impl Identity {
         if ctx.caller.is_operator() {
             Ok(())
         } else {
-            Err(Error::permission_denied("OPERATOR_REQUIRED", "only the instance operator may do this"))
+            Err(Error::permission_denied(
+                "OPERATOR_REQUIRED",
+                "only the instance operator may do this",
+            ))
         }
     }
 
@@ -216,7 +246,11 @@ impl Identity {
         let mut tx = self.db().begin().await?;
         let users = users::purge_expired(&mut tx, self.cutoff()).await?;
         tx.commit().await?;
-        let keys = sovra_runtime::idempotency::expire(self.db(), self.now() - self.cfg().idempotency_retention_ms).await?;
+        let keys = sovra_runtime::idempotency::expire(
+            self.db(),
+            self.now() - self.cfg().idempotency_retention_ms,
+        )
+        .await?;
         Ok((users, keys))
     }
 
@@ -229,7 +263,9 @@ impl Identity {
                 tick.tick().await;
                 match this.housekeep().await {
                     Ok((0, 0)) => {}
-                    Ok((users, keys)) => tracing::info!(users, request_ids = keys, "housekeeping purged"),
+                    Ok((users, keys)) => {
+                        tracing::info!(users, request_ids = keys, "housekeeping purged")
+                    }
                     Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
                 }
             }

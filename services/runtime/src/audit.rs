@@ -54,16 +54,35 @@ pub async fn record(tx: &mut Tx, now: Millis, e: AuditEntry<'_>) -> Result<(), E
     Ok(())
 }
 
-type Row = (String, i64, String, String, String, String, i64, String, String, String, String, String);
+type Row = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
 
 /// A tenant's events, newest first.
-pub async fn list(db: &Db, tenant_id: &str, page_size: i32, page_token: &str) -> Result<(Vec<pb::AuditEvent>, String), Error> {
+pub async fn list(
+    db: &Db,
+    tenant_id: &str,
+    page_size: i32,
+    page_token: &str,
+) -> Result<(Vec<pb::AuditEvent>, String), Error> {
     let size = paging::page_size(page_size)?;
     let after = paging::decode_token("audit", page_token, 2)?;
     let (before_time, before_id) = match &after {
         Some(v) => (
-            v[0].parse::<i64>()
-                .map_err(|_| Error::invalid("page_token", "is not a page token this list returned"))?,
+            v[0].parse::<i64>().map_err(|_| {
+                Error::invalid("page_token", "is not a page token this list returned")
+            })?,
             v[1].clone(),
         ),
         None => (i64::MAX, String::new()),
@@ -105,7 +124,11 @@ pub async fn list(db: &Db, tenant_id: &str, page_size: i32, page_token: &str) ->
         .collect();
     let next = if more {
         let last = events.last_mut().expect("more implies at least one");
-        let t = last.time.as_ref().map(|t| t.seconds * 1000 + (t.nanos / 1_000_000) as i64).unwrap_or(0);
+        let t = last
+            .time
+            .as_ref()
+            .map(|t| t.seconds * 1000 + (t.nanos / 1_000_000) as i64)
+            .unwrap_or(0);
         paging::encode_token("audit", &[&t.to_string(), &last.id])
     } else {
         String::new()

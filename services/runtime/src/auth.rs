@@ -29,9 +29,15 @@ pub struct Keyring {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read signing key {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write signing key {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("signing key {path} is not a PKCS#8 PEM Ed25519 private key")]
     Format { path: String },
 }
@@ -82,7 +88,9 @@ impl Keyring {
 
     /// (key id, raw public key) for every verifying key.
     pub fn public_keys(&self) -> impl Iterator<Item = (&str, [u8; 32])> {
-        self.verifying.iter().map(|(k, v)| (k.as_str(), v.to_bytes()))
+        self.verifying
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_bytes()))
     }
 }
 
@@ -204,7 +212,12 @@ pub struct Token {
 }
 
 impl Authority {
-    pub fn new(keys: Arc<Keyring>, issuer: impl Into<String>, instance: impl Into<String>, clock: SharedClock) -> Self {
+    pub fn new(
+        keys: Arc<Keyring>,
+        issuer: impl Into<String>,
+        instance: impl Into<String>,
+        clock: SharedClock,
+    ) -> Self {
         Self {
             keys,
             issuer: issuer.into(),
@@ -225,7 +238,13 @@ impl Authority {
         &self.keys
     }
 
-    pub fn issue_user(&self, user_id: &str, tenant_id: &str, must_change_password: bool, ttl_secs: u64) -> Token {
+    pub fn issue_user(
+        &self,
+        user_id: &str,
+        tenant_id: &str,
+        must_change_password: bool,
+        ttl_secs: u64,
+    ) -> Token {
         self.issue("user", user_id, tenant_id, must_change_password, ttl_secs)
     }
 
@@ -271,9 +290,16 @@ impl Authority {
     /// Verifies a token and says who it names. Every failure is
     /// `UNAUTHENTICATED` with a message that says what to do.
     pub fn verify(&self, token: &str) -> Result<Caller, Error> {
-        let malformed = || Error::unauthenticated("TOKEN_MALFORMED", "the bearer token is not a Sovra access token");
+        let malformed = || {
+            Error::unauthenticated(
+                "TOKEN_MALFORMED",
+                "the bearer token is not a Sovra access token",
+            )
+        };
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(malformed());
         };
         let header: Header = B64
@@ -316,10 +342,21 @@ impl Authority {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(malformed)?;
-        key.verify(format!("{h}.{p}").as_bytes(), &Signature::from_bytes(&sig_bytes))
-            .map_err(|_| Error::unauthenticated("TOKEN_SIGNATURE_INVALID", "the token's signature is invalid"))?;
+        key.verify(
+            format!("{h}.{p}").as_bytes(),
+            &Signature::from_bytes(&sig_bytes),
+        )
+        .map_err(|_| {
+            Error::unauthenticated(
+                "TOKEN_SIGNATURE_INVALID",
+                "the token's signature is invalid",
+            )
+        })?;
         if claims.exp * 1000 <= self.clock.now_ms() {
-            return Err(Error::unauthenticated("TOKEN_EXPIRED", "the token has expired: sign in again"));
+            return Err(Error::unauthenticated(
+                "TOKEN_EXPIRED",
+                "the token has expired: sign in again",
+            ));
         }
         match claims.knd.as_str() {
             "user" if !claims.tid.is_empty() => Ok(Caller::User(UserCaller {
@@ -349,7 +386,11 @@ impl Authenticator {
 
 impl Interceptor for Authenticator {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(tp) = req.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
+        if let Some(tp) = req
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+        {
             // version-traceid-spanid-flags; keep only a well-formed trace id.
             if let Some(id) = tp.split('-').nth(1).filter(|id| id.len() == 32) {
                 let id = id.to_owned();
@@ -359,9 +400,12 @@ impl Interceptor for Authenticator {
         let Some(value) = req.metadata().get("authorization") else {
             return Ok(req);
         };
-        let value = value
-            .to_str()
-            .map_err(|_| Status::from(Error::unauthenticated("TOKEN_MALFORMED", "the authorization header is not text")))?;
+        let value = value.to_str().map_err(|_| {
+            Status::from(Error::unauthenticated(
+                "TOKEN_MALFORMED",
+                "the authorization header is not text",
+            ))
+        })?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
@@ -462,7 +506,10 @@ mod tests {
             .unwrap(),
         );
         parts[1] = &forged;
-        assert_eq!(a.verify(&parts.join(".")).unwrap_err().reason, "TOKEN_SIGNATURE_INVALID");
+        assert_eq!(
+            a.verify(&parts.join(".")).unwrap_err().reason,
+            "TOKEN_SIGNATURE_INVALID"
+        );
         assert_eq!(a.verify("abc").unwrap_err().reason, "TOKEN_MALFORMED");
     }
 }

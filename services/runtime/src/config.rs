@@ -156,7 +156,9 @@ impl Settings {
         if !is_name(&instance) {
             return Err(ConfigError::new(
                 "instance.name",
-                format!("`{instance}` is not a valid instance name (lowercase letters, digits and '-')"),
+                format!(
+                    "`{instance}` is not a valid instance name (lowercase letters, digits and '-')"
+                ),
             ));
         }
         let instance_file = format!("instances/{instance}.toml");
@@ -204,10 +206,16 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let i = &self.instance;
         if !is_name(&i.name) {
-            return Err(ConfigError::new("instance.name", "must be lowercase letters, digits and '-'"));
+            return Err(ConfigError::new(
+                "instance.name",
+                "must be lowercase letters, digits and '-'",
+            ));
         }
         if i.display_name.trim().is_empty() {
-            return Err(ConfigError::new("instance.display_name", "must not be empty"));
+            return Err(ConfigError::new(
+                "instance.display_name",
+                "must not be empty",
+            ));
         }
         if !is_http_url(&i.public_url) {
             return Err(ConfigError::new(
@@ -216,7 +224,10 @@ impl Settings {
             ));
         }
         if i.token_issuer.trim().is_empty() {
-            return Err(ConfigError::new("instance.token_issuer", "must not be empty"));
+            return Err(ConfigError::new(
+                "instance.token_issuer",
+                "must not be empty",
+            ));
         }
         if i.currency.len() != 3 || !i.currency.chars().all(|c| c.is_ascii_uppercase()) {
             return Err(ConfigError::new(
@@ -225,7 +236,10 @@ impl Settings {
             ));
         }
         if i.data_regions.is_empty() {
-            return Err(ConfigError::new("instance.data_regions", "must list at least one region"));
+            return Err(ConfigError::new(
+                "instance.data_regions",
+                "must list at least one region",
+            ));
         }
         for (n, r) in i.data_regions.iter().enumerate() {
             if !is_name(r) {
@@ -235,43 +249,73 @@ impl Settings {
                 ));
             }
             if i.data_regions[..n].contains(r) {
-                return Err(ConfigError::new("instance.data_regions", format!("`{r}` is listed twice")));
+                return Err(ConfigError::new(
+                    "instance.data_regions",
+                    format!("`{r}` is listed twice"),
+                ));
             }
         }
         if !i.data_regions.contains(&i.region) {
             return Err(ConfigError::new(
                 "instance.region",
-                format!("`{}` is not one of instance.data_regions {:?}", i.region, i.data_regions),
+                format!(
+                    "`{}` is not one of instance.data_regions {:?}",
+                    i.region, i.data_regions
+                ),
             ));
         }
         if self.server.listen.parse::<SocketAddr>().is_err() {
             return Err(ConfigError::new(
                 "server.listen",
-                format!("`{}` is not an address such as 127.0.0.1:50051", self.server.listen),
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:50051",
+                    self.server.listen
+                ),
             ));
         }
         if self.auth.access_token_ttl_secs == 0 {
-            return Err(ConfigError::new("auth.access_token_ttl_secs", "must be at least 1"));
+            return Err(ConfigError::new(
+                "auth.access_token_ttl_secs",
+                "must be at least 1",
+            ));
         }
         if self.auth.operator_token_ttl_days == 0 {
-            return Err(ConfigError::new("auth.operator_token_ttl_days", "must be at least 1"));
+            return Err(ConfigError::new(
+                "auth.operator_token_ttl_days",
+                "must be at least 1",
+            ));
         }
         let id = &self.identity;
         check_database_url("identity.database_url", &id.database_url)?;
         if id.max_connections == 0 {
-            return Err(ConfigError::new("identity.max_connections", "must be at least 1"));
+            return Err(ConfigError::new(
+                "identity.max_connections",
+                "must be at least 1",
+            ));
         }
         if id.user_retention_days == 0 {
-            return Err(ConfigError::new("identity.user_retention_days", "must be at least 1"));
+            return Err(ConfigError::new(
+                "identity.user_retention_days",
+                "must be at least 1",
+            ));
         }
         if id.purge_interval_secs == 0 {
-            return Err(ConfigError::new("identity.purge_interval_secs", "must be at least 1"));
+            return Err(ConfigError::new(
+                "identity.purge_interval_secs",
+                "must be at least 1",
+            ));
         }
         if id.password_iterations == 0 {
-            return Err(ConfigError::new("identity.password_iterations", "must be at least 1"));
+            return Err(ConfigError::new(
+                "identity.password_iterations",
+                "must be at least 1",
+            ));
         }
         if id.password_parallelism == 0 {
-            return Err(ConfigError::new("identity.password_parallelism", "must be at least 1"));
+            return Err(ConfigError::new(
+                "identity.password_parallelism",
+                "must be at least 1",
+            ));
         }
         if id.password_memory_kib < 8 * id.password_parallelism {
             return Err(ConfigError::new(
@@ -285,10 +329,16 @@ impl Settings {
 
 /// Checks that a database URL names a backend Sovra supports.
 pub fn check_database_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
         Ok(())
     } else {
-        Err(ConfigError::new(key, "must start with sqlite:, postgres:// or postgresql://"))
+        Err(ConfigError::new(
+            key,
+            "must start with sqlite:, postgres:// or postgresql://",
+        ))
     }
 }
 
@@ -323,7 +373,12 @@ impl Layers {
         }
     }
 
-    fn build(&self, files: &[&str], opts: &LoadOptions, region: Option<&str>) -> Result<Config, ConfigError> {
+    fn build(
+        &self,
+        files: &[&str],
+        opts: &LoadOptions,
+        region: Option<&str>,
+    ) -> Result<Config, ConfigError> {
         let mut b = Config::builder();
         for rel in std::iter::once(&"default.toml").chain(files.iter()) {
             // Parse each file alone first so a syntax error names its file.
@@ -356,7 +411,10 @@ impl Layers {
         }
         b.build().map_err(|e| {
             let message = e.to_string();
-            ConfigError::new(key_of(&message).unwrap_or_else(|| "(configuration)".into()), message)
+            ConfigError::new(
+                key_of(&message).unwrap_or_else(|| "(configuration)".into()),
+                message,
+            )
         })
     }
 }
@@ -373,7 +431,8 @@ pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
         && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn is_http_url(s: &str) -> bool {
@@ -426,7 +485,8 @@ mod tests {
     #[test]
     fn an_invalid_value_names_its_key() {
         let mut o = opts("global");
-        o.overrides.push(("identity.user_retention_days".into(), "soon".into()));
+        o.overrides
+            .push(("identity.user_retention_days".into(), "soon".into()));
         let e = Settings::load(&o).unwrap_err();
         assert_eq!(e.key, "identity.user_retention_days", "{e}");
 

@@ -56,7 +56,10 @@ pub enum DbOpenError {
     #[error("database for {service} belongs to service `{found}`: refusing to start")]
     ForeignService { service: String, found: String },
     #[error("cannot open the {service} database: {source}")]
-    Connect { service: String, source: sqlx::Error },
+    Connect {
+        service: String,
+        source: sqlx::Error,
+    },
     #[error("migration {component} {version} ({name}) failed: {source}")]
     Migrate {
         component: String,
@@ -68,7 +71,11 @@ pub enum DbOpenError {
 
 impl Db {
     /// Connects by URL (`sqlite:` or `postgres://`).
-    pub async fn connect(service: &str, url: &str, max_connections: u32) -> Result<Db, DbOpenError> {
+    pub async fn connect(
+        service: &str,
+        url: &str,
+        max_connections: u32,
+    ) -> Result<Db, DbOpenError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -108,7 +115,11 @@ impl Db {
                     .connect(url)
                     .await
                     .map_err(connect_err)?;
-                Ok(Db { read, write, backend })
+                Ok(Db {
+                    read,
+                    write,
+                    backend,
+                })
             }
             Backend::Postgres => {
                 let pool = options()
@@ -127,7 +138,12 @@ impl Db {
 
     /// Checks the instance stamp, runs the runtime's and the service's
     /// migrations, and stamps a new database with its instance and service.
-    pub async fn prepare(&self, instance: &str, service: &str, migrations: &[Migration]) -> Result<(), DbOpenError> {
+    pub async fn prepare(
+        &self,
+        instance: &str,
+        service: &str,
+        migrations: &[Migration],
+    ) -> Result<(), DbOpenError> {
         let mig_err = |component: &str, m: &Migration, source| DbOpenError::Migrate {
             component: component.to_owned(),
             version: m.version,
@@ -139,10 +155,14 @@ impl Db {
             name: "bootstrap",
             sql: "",
         };
-        let mut conn = self.write.acquire().await.map_err(|source| DbOpenError::Connect {
-            service: service.to_owned(),
-            source,
-        })?;
+        let mut conn = self
+            .write
+            .acquire()
+            .await
+            .map_err(|source| DbOpenError::Connect {
+                service: service.to_owned(),
+                source,
+            })?;
         if self.backend == Backend::Postgres {
             // Replicas starting together migrate one at a time.
             sqlx::query("SELECT pg_advisory_lock(4242)")

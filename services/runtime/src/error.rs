@@ -96,7 +96,11 @@ impl Error {
         Self::new(ErrorCode::Aborted, reason, message)
     }
 
-    pub fn resource_exhausted(reason: &'static str, message: impl Into<String>, retry_after: Duration) -> Self {
+    pub fn resource_exhausted(
+        reason: &'static str,
+        message: impl Into<String>,
+        retry_after: Duration,
+    ) -> Self {
         let mut e = Self::new(ErrorCode::ResourceExhausted, reason, message);
         e.retry_after = Some(retry_after);
         e
@@ -111,7 +115,11 @@ impl Error {
     }
 
     /// Adds another field violation to an `INVALID_ARGUMENT` error.
-    pub fn with_violation(mut self, field: impl Into<String>, description: impl Into<String>) -> Self {
+    pub fn with_violation(
+        mut self,
+        field: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
         self.violations.push(FieldViolation {
             field: field.into(),
             description: description.into(),
@@ -195,7 +203,9 @@ mod tests {
 
     #[test]
     fn invalid_input_carries_its_field() {
-        let status: Status = Error::invalid("display_name", "must not be empty").in_field("user").into();
+        let status: Status = Error::invalid("display_name", "must not be empty")
+            .in_field("user")
+            .into();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         let bad = status.get_details_bad_request().unwrap();
         assert_eq!(bad.field_violations[0].field, "user.display_name");

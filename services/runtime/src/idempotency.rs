@@ -24,7 +24,12 @@ pub struct Idempotency {
 
 impl Idempotency {
     /// `None` when `request_id` is empty (the call is then not deduplicated).
-    pub fn new<R: Message>(caller: &Caller, method: &'static str, request_id: &str, request: &R) -> Result<Option<Self>, Error> {
+    pub fn new<R: Message>(
+        caller: &Caller,
+        method: &'static str,
+        request_id: &str,
+        request: &R,
+    ) -> Result<Option<Self>, Error> {
         if request_id.is_empty() {
             return Ok(None);
         }
@@ -70,7 +75,12 @@ impl Idempotency {
     }
 
     /// Stores the result; call inside the mutation's transaction.
-    pub async fn remember<M: Message>(&self, tx: &mut Tx, response: &M, now: Millis) -> Result<(), Error> {
+    pub async fn remember<M: Message>(
+        &self,
+        tx: &mut Tx,
+        response: &M,
+        now: Millis,
+    ) -> Result<(), Error> {
         sqlx::query(
             "INSERT INTO idempotency_keys (scope, request_id, method, request_hash, response, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -99,7 +109,10 @@ impl Idempotency {
 }
 
 /// Replays a stored result inside `tx`, when there is one.
-pub async fn replay<M: Message + Default>(idem: &Option<Idempotency>, tx: &mut Tx) -> Result<Option<M>, Error> {
+pub async fn replay<M: Message + Default>(
+    idem: &Option<Idempotency>,
+    tx: &mut Tx,
+) -> Result<Option<M>, Error> {
     match idem {
         Some(i) => i.replay(tx).await,
         None => Ok(None),
@@ -107,7 +120,12 @@ pub async fn replay<M: Message + Default>(idem: &Option<Idempotency>, tx: &mut T
 }
 
 /// Stores a result inside `tx`, when the request had a request_id.
-pub async fn remember<M: Message>(idem: &Option<Idempotency>, tx: &mut Tx, response: &M, now: Millis) -> Result<(), Error> {
+pub async fn remember<M: Message>(
+    idem: &Option<Idempotency>,
+    tx: &mut Tx,
+    response: &M,
+    now: Millis,
+) -> Result<(), Error> {
     match idem {
         Some(i) => i.remember(tx, response, now).await,
         None => Ok(()),

@@ -51,7 +51,10 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_reject_other_lists() {
         let t = encode_token("users", &["a@b.c", "id1"]);
-        assert_eq!(decode_token("users", &t, 2).unwrap().unwrap(), vec!["a@b.c", "id1"]);
+        assert_eq!(
+            decode_token("users", &t, 2).unwrap().unwrap(),
+            vec!["a@b.c", "id1"]
+        );
         assert!(decode_token("audit", &t, 2).is_err());
         assert!(decode_token("users", "!!", 2).is_err());
         assert_eq!(decode_token("users", "", 2).unwrap(), None);

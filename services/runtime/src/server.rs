@@ -40,10 +40,16 @@ impl Endpoint {
     }
 
     /// Serves until `shutdown` completes, then drains in-flight calls.
-    pub async fn serve(self, set: ServiceSet, shutdown: impl Future<Output = ()> + Send) -> Result<(), tonic::transport::Error> {
+    pub async fn serve(
+        self,
+        set: ServiceSet,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in &set.names {
-            health.set_service_status(*name, ServingStatus::Serving).await;
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
         }
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(sovra_proto::FILE_DESCRIPTOR_SET)

@@ -66,13 +66,22 @@ enum AdminCommand {
 
 fn authed<T>(token: &str, msg: T) -> anyhow::Result<Request<T>> {
     let mut req = Request::new(msg);
-    let value: MetadataValue<_> = format!("Bearer {token}").parse().context("the token is not valid header text")?;
+    let value: MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .context("the token is not valid header text")?;
     req.metadata_mut().insert("authorization", value);
     Ok(req)
 }
 
 fn request_id() -> String {
-    format!("admin-{}", std::process::id()) + &format!("-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0))
+    format!("admin-{}", std::process::id())
+        + &format!(
+            "-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        )
 }
 
 fn print_tenant(t: &pb::Tenant) {
@@ -80,7 +89,11 @@ fn print_tenant(t: &pb::Tenant) {
         .partner_authorizations
         .iter()
         .filter_map(|a| pb::PartnerAuthorization::try_from(*a).ok())
-        .map(|a| a.as_str_name().trim_start_matches("PARTNER_AUTHORIZATION_").to_owned())
+        .map(|a| {
+            a.as_str_name()
+                .trim_start_matches("PARTNER_AUTHORIZATION_")
+                .to_owned()
+        })
         .collect();
     println!("tenant id       {}", t.id);
     println!("display name    {}", t.display_name);
@@ -88,10 +101,21 @@ fn print_tenant(t: &pb::Tenant) {
     println!("data region     {}", t.data_region);
     if t.kind == pb::TenantKind::Partner as i32 {
         let status = pb::PartnerStatus::try_from(t.partner_status)
-            .map(|s| s.as_str_name().trim_start_matches("PARTNER_STATUS_").to_owned())
+            .map(|s| {
+                s.as_str_name()
+                    .trim_start_matches("PARTNER_STATUS_")
+                    .to_owned()
+            })
             .unwrap_or_default();
         println!("status          {status}");
-        println!("authorizations  {}", if auths.is_empty() { "(none)".to_owned() } else { auths.join(", ") });
+        println!(
+            "authorizations  {}",
+            if auths.is_empty() {
+                "(none)".to_owned()
+            } else {
+                auths.join(", ")
+            }
+        );
     }
 }
 
@@ -103,7 +127,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let token = match args.token {
         Some(t) => t,
         None => std::fs::read_to_string(&args.token_file)
-            .with_context(|| format!("no --token given and cannot read {}", args.token_file.display()))?
+            .with_context(|| {
+                format!(
+                    "no --token given and cannot read {}",
+                    args.token_file.display()
+                )
+            })?
             .trim()
             .to_owned(),
     };
@@ -150,10 +179,16 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 println!("global admin    {} ({})", u.user_principal_name, u.id);
             }
             if !resp.temporary_password.is_empty() {
-                println!("temporary password (change at first sign-in): {}", resp.temporary_password);
+                println!(
+                    "temporary password (change at first sign-in): {}",
+                    resp.temporary_password
+                );
             }
         }
-        AdminCommand::SetAuthorizations { tenant, authorizations } => {
+        AdminCommand::SetAuthorizations {
+            tenant,
+            authorizations,
+        } => {
             let mut list = Vec::new();
             for a in authorizations.iter().filter(|a| !a.is_empty()) {
                 let name = format!("PARTNER_AUTHORIZATION_{}", a.trim().to_ascii_uppercase());
@@ -178,7 +213,11 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 print_tenant(t);
             }
         }
-        AdminCommand::SetStatus { tenant, status, reason } => {
+        AdminCommand::SetStatus {
+            tenant,
+            status,
+            reason,
+        } => {
             let name = format!("PARTNER_STATUS_{}", status.trim().to_ascii_uppercase());
             let v = pb::PartnerStatus::from_str_name(&name)
                 .with_context(|| format!("`{status}` is not a status: active or suspended"))?;
@@ -201,7 +240,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Features { tenant } => {
             let resp = tenants
-                .get_features(authed(&token, pb::GetFeaturesRequest { tenant_id: tenant })?)
+                .get_features(authed(
+                    &token,
+                    pb::GetFeaturesRequest { tenant_id: tenant },
+                )?)
                 .await
                 .map_err(status_error)?
                 .into_inner();

@@ -23,7 +23,11 @@ pub struct App {
 
 impl App {
     /// Opens the databases, builds every service and binds the endpoint.
-    pub async fn build(settings: &Settings, keyring: Arc<Keyring>, clock: SharedClock) -> anyhow::Result<App> {
+    pub async fn build(
+        settings: &Settings,
+        keyring: Arc<Keyring>,
+        clock: SharedClock,
+    ) -> anyhow::Result<App> {
         let listen = settings.server.listen_addr();
         refuse_plaintext_off_loopback(&listen)?;
         let authority = Authority::new(
@@ -63,7 +67,10 @@ impl App {
     }
 
     /// Serves until `shutdown` completes, with housekeeping in the background.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let housekeeping = self.identity.spawn_housekeeping();
         let result = self.endpoint.serve(self.set, shutdown).await;
         housekeeping.abort();
@@ -86,7 +93,11 @@ pub fn refuse_plaintext_off_loopback(listen: &SocketAddr) -> anyhow::Result<()> 
 
 /// Reads the operator token at `path` if it still verifies here, else mints
 /// a new one and writes it (mode 600). Returns the token and whether it is new.
-pub fn ensure_operator_token(authority: &Authority, path: &Path, ttl_days: u64) -> anyhow::Result<(String, bool)> {
+pub fn ensure_operator_token(
+    authority: &Authority,
+    path: &Path,
+    ttl_days: u64,
+) -> anyhow::Result<(String, bool)> {
     if let Ok(existing) = std::fs::read_to_string(path) {
         let existing = existing.trim().to_owned();
         if authority.verify(&existing).is_ok() {

@@ -17,7 +17,11 @@ use sovra_runtime::{
 };
 
 #[derive(Parser)]
-#[command(name = "sovra", version, about = "Sovra: the partner back end for sovereign cloud instances")]
+#[command(
+    name = "sovra",
+    version,
+    about = "Sovra: the partner back end for sovereign cloud instances"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -100,9 +104,12 @@ async fn main() {
 }
 
 fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SOVRA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SOVRA_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     if json {
         builder.json().init();
     } else {
@@ -113,14 +120,21 @@ fn init_logs(json: bool) {
 async fn up(data_dir: PathBuf, listen: SocketAddr, config: ConfigArgs) -> anyhow::Result<()> {
     init_logs(false);
     sovra::refuse_plaintext_off_loopback(&listen)?;
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
-    let db_url = format!("sqlite://{}?mode=rwc", data_dir.join("identity.db").display());
+    let db_url = format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("identity.db").display()
+    );
     let key_file = data_dir.join("signing-key.pem");
     let settings = Settings::load(&config.options(vec![
         ("server.listen".into(), listen.to_string()),
         ("identity.database_url".into(), db_url),
-        ("auth.signing_key_file".into(), key_file.display().to_string()),
+        (
+            "auth.signing_key_file".into(),
+            key_file.display().to_string(),
+        ),
     ]))?;
     let (keyring, created) = Keyring::load_or_create(&key_file)?;
     if created {
@@ -128,11 +142,22 @@ async fn up(data_dir: PathBuf, listen: SocketAddr, config: ConfigArgs) -> anyhow
     }
     let app = App::build(&settings, Arc::new(keyring), Arc::new(SystemClock)).await?;
     let token_file = data_dir.join("operator.token");
-    let (token, _) = ensure_operator_token(app.authority(), &token_file, settings.auth.operator_token_ttl_days)?;
-    println!("Sovra is up: instance `{}` ({})", settings.instance.name, settings.instance.display_name);
+    let (token, _) = ensure_operator_token(
+        app.authority(),
+        &token_file,
+        settings.auth.operator_token_ttl_days,
+    )?;
+    println!(
+        "Sovra is up: instance `{}` ({})",
+        settings.instance.name, settings.instance.display_name
+    );
     println!("  gRPC endpoint   {}", app.addr());
     println!("  data directory  {}", data_dir.display());
-    println!("  operator token  {} (also in {})", token, token_file.display());
+    println!(
+        "  operator token  {} (also in {})",
+        token,
+        token_file.display()
+    );
     tracing::info!(addr = %app.addr(), instance = %settings.instance.name, "serving");
     app.run_until_stopped(shutdown_signal()).await
 }

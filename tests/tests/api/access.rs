@@ -8,23 +8,70 @@ use crate::{backend_test, helpers::*};
 async fn check_access_answers_with_basis_and_reason(b: Backend) {
     let app = TestApp::spawn(b).await;
     let c = app.tenant(TenantKind::Customer, "Customer").await;
-    let ua = app.user(&c.admin_token, &c, "ua", CompanyRole::UserAdmin, SupportedCompaniesAccess::Unspecified).await;
+    let ua = app
+        .user(
+            &c.admin_token,
+            &c,
+            "ua",
+            CompanyRole::UserAdmin,
+            SupportedCompaniesAccess::Unspecified,
+        )
+        .await;
     let check = |token: &str, user_id: &str, p: Permission| {
-        req(token, CheckAccessRequest { user_id: user_id.into(), tenant_id: c.id.clone(), permission: p as i32 })
+        req(
+            token,
+            CheckAccessRequest {
+                user_id: user_id.into(),
+                tenant_id: c.id.clone(),
+                permission: p as i32,
+            },
+        )
     };
-    let own = app.access().check_access(check(&ua.token, "", Permission::UsersManage)).await.unwrap().into_inner();
+    let own = app
+        .access()
+        .check_access(check(&ua.token, "", Permission::UsersManage))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(own.allowed);
     assert_eq!(own.basis, AccessBasis::OwnRole as i32);
-    let denied = app.access().check_access(check(&ua.token, "", Permission::CompanyProfileUpdate)).await.unwrap().into_inner();
+    let denied = app
+        .access()
+        .check_access(check(&ua.token, "", Permission::CompanyProfileUpdate))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!denied.allowed);
     assert_eq!(denied.basis, AccessBasis::None as i32);
     assert!(denied.reason.contains("USER_ADMIN"), "{}", denied.reason);
     // Services ask about anyone; users only about themselves.
     let svc = app.service_token();
-    assert!(app.access().check_access(check(&svc, &c.admin_id, Permission::AuditRead)).await.unwrap().into_inner().allowed);
-    expect_code(app.access().check_access(check(&ua.token, &c.admin_id, Permission::AuditRead)).await, Code::PermissionDenied);
-    expect_invalid(app.access().check_access(check(&svc, &c.admin_id, Permission::Unspecified)).await, "permission");
-    expect_code(app.access().check_access(check(&svc, &"0".repeat(32), Permission::AuditRead)).await, Code::NotFound);
+    assert!(
+        app.access()
+            .check_access(check(&svc, &c.admin_id, Permission::AuditRead))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    expect_code(
+        app.access()
+            .check_access(check(&ua.token, &c.admin_id, Permission::AuditRead))
+            .await,
+        Code::PermissionDenied,
+    );
+    expect_invalid(
+        app.access()
+            .check_access(check(&svc, &c.admin_id, Permission::Unspecified))
+            .await,
+        "permission",
+    );
+    expect_code(
+        app.access()
+            .check_access(check(&svc, &"0".repeat(32), Permission::AuditRead))
+            .await,
+        Code::NotFound,
+    );
 }
 backend_test!(check_access_answers_with_basis_and_reason);
 
@@ -45,16 +92,35 @@ async fn only_services_push_delegated_grants(b: Backend) {
             },
         )
     };
-    expect_code(app.access().apply_delegated_grant(push(&app.operator)).await, Code::PermissionDenied);
-    expect_code(app.access().apply_delegated_grant(push(&p.admin_token)).await, Code::PermissionDenied);
+    expect_code(
+        app.access()
+            .apply_delegated_grant(push(&app.operator))
+            .await,
+        Code::PermissionDenied,
+    );
+    expect_code(
+        app.access()
+            .apply_delegated_grant(push(&p.admin_token))
+            .await,
+        Code::PermissionDenied,
+    );
     assert_eq!(app.count("SELECT COUNT(*) FROM delegated_grants").await, 0);
     let svc = app.service_token();
     let mut swapped = push(&svc).into_inner();
-    std::mem::swap(&mut swapped.partner_tenant_id, &mut swapped.customer_tenant_id);
-    expect_invalid(app.access().apply_delegated_grant(req(&svc, swapped)).await, "partner_tenant_id");
+    std::mem::swap(
+        &mut swapped.partner_tenant_id,
+        &mut swapped.customer_tenant_id,
+    );
+    expect_invalid(
+        app.access().apply_delegated_grant(req(&svc, swapped)).await,
+        "partner_tenant_id",
+    );
     let mut v0 = push(&svc).into_inner();
     v0.version = 0;
-    expect_invalid(app.access().apply_delegated_grant(req(&svc, v0)).await, "version");
+    expect_invalid(
+        app.access().apply_delegated_grant(req(&svc, v0)).await,
+        "version",
+    );
     assert_eq!(app.count("SELECT COUNT(*) FROM delegated_grants").await, 0);
 }
 backend_test!(only_services_push_delegated_grants);
@@ -63,59 +129,169 @@ async fn delegated_full_and_limited_act_in_the_customer_tenant_until_revoked(b: 
     let app = TestApp::spawn(b).await;
     let p = app.tenant(TenantKind::Partner, "Partner").await;
     let c = app.tenant(TenantKind::Customer, "Customer").await;
-    let full = app.user(&p.admin_token, &p, "full", CompanyRole::Unspecified, SupportedCompaniesAccess::Full).await;
-    let limited = app.user(&p.admin_token, &p, "lim", CompanyRole::Unspecified, SupportedCompaniesAccess::Limited).await;
-    let none = app.user(&p.admin_token, &p, "none", CompanyRole::Unspecified, SupportedCompaniesAccess::None).await;
-    let worker = app.user(&c.admin_token, &c, "worker", CompanyRole::Unspecified, SupportedCompaniesAccess::Unspecified).await;
-    let reset = |token: &str, user_id: &str| req(token, ResetPasswordRequest { tenant_id: c.id.clone(), user_id: user_id.into(), ..Default::default() });
+    let full = app
+        .user(
+            &p.admin_token,
+            &p,
+            "full",
+            CompanyRole::Unspecified,
+            SupportedCompaniesAccess::Full,
+        )
+        .await;
+    let limited = app
+        .user(
+            &p.admin_token,
+            &p,
+            "lim",
+            CompanyRole::Unspecified,
+            SupportedCompaniesAccess::Limited,
+        )
+        .await;
+    let none = app
+        .user(
+            &p.admin_token,
+            &p,
+            "none",
+            CompanyRole::Unspecified,
+            SupportedCompaniesAccess::None,
+        )
+        .await;
+    let worker = app
+        .user(
+            &c.admin_token,
+            &c,
+            "worker",
+            CompanyRole::Unspecified,
+            SupportedCompaniesAccess::Unspecified,
+        )
+        .await;
+    let reset = |token: &str, user_id: &str| {
+        req(
+            token,
+            ResetPasswordRequest {
+                tenant_id: c.id.clone(),
+                user_id: user_id.into(),
+                ..Default::default()
+            },
+        )
+    };
 
     // Before any grant the customer is out of reach.
-    expect_code(app.users().reset_password(reset(&full.token, &worker.id)).await, Code::NotFound);
+    expect_code(
+        app.users()
+            .reset_password(reset(&full.token, &worker.id))
+            .await,
+        Code::NotFound,
+    );
 
     let applied = app.grant(&p, &c, DelegatedGrantState::Active, 1).await;
     assert!(applied.applied);
 
     // FULL acts as a global admin: resets the customer's global admin, creates users.
-    app.users().reset_password(reset(&full.token, &c.admin_id)).await.unwrap();
-    app.user(&full.token, &c, "hired", CompanyRole::Unspecified, SupportedCompaniesAccess::Unspecified).await;
+    app.users()
+        .reset_password(reset(&full.token, &c.admin_id))
+        .await
+        .unwrap();
+    app.user(
+        &full.token,
+        &c,
+        "hired",
+        CompanyRole::Unspecified,
+        SupportedCompaniesAccess::Unspecified,
+    )
+    .await;
     let check = app
         .access()
-        .check_access(req(&full.token, CheckAccessRequest { tenant_id: c.id.clone(), permission: Permission::AdminUsersManage as i32, ..Default::default() }))
+        .check_access(req(
+            &full.token,
+            CheckAccessRequest {
+                tenant_id: c.id.clone(),
+                permission: Permission::AdminUsersManage as i32,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(check.basis, AccessBasis::DelegatedFull as i32);
 
     // LIMITED resets non-admins only; NONE does nothing.
-    app.users().reset_password(reset(&limited.token, &worker.id)).await.unwrap();
-    let s = expect_code(app.users().reset_password(reset(&limited.token, &c.admin_id)).await, Code::PermissionDenied);
+    app.users()
+        .reset_password(reset(&limited.token, &worker.id))
+        .await
+        .unwrap();
+    let s = expect_code(
+        app.users()
+            .reset_password(reset(&limited.token, &c.admin_id))
+            .await,
+        Code::PermissionDenied,
+    );
     assert!(s.message().contains("LIMITED"), "{}", s.message());
-    expect_code(app.users().reset_password(reset(&none.token, &worker.id)).await, Code::PermissionDenied);
+    expect_code(
+        app.users()
+            .reset_password(reset(&none.token, &worker.id))
+            .await,
+        Code::PermissionDenied,
+    );
 
     // The customer's admins see what the partner did, marked delegated.
-    let ga = app.user(&full.token, &c, "ga2", CompanyRole::GlobalAdmin, SupportedCompaniesAccess::Unspecified).await;
+    let ga = app
+        .user(
+            &full.token,
+            &c,
+            "ga2",
+            CompanyRole::GlobalAdmin,
+            SupportedCompaniesAccess::Unspecified,
+        )
+        .await;
     let events = app
         .tenants()
-        .list_audit_events(req(&ga.token, ListAuditEventsRequest { tenant_id: c.id.clone(), page_size: 50, ..Default::default() }))
+        .list_audit_events(req(
+            &ga.token,
+            ListAuditEventsRequest {
+                tenant_id: c.id.clone(),
+                page_size: 50,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
         .events;
-    let by_partner: Vec<_> = events.iter().filter(|e| e.actor_tenant_id == p.id).collect();
+    let by_partner: Vec<_> = events
+        .iter()
+        .filter(|e| e.actor_tenant_id == p.id)
+        .collect();
     assert!(by_partner.len() >= 4, "{events:?}");
     assert!(by_partner.iter().all(|e| e.delegated));
-    assert!(by_partner.iter().any(|e| e.action == "identity.user.reset_password" && e.actor_id == full.id));
+    assert!(by_partner
+        .iter()
+        .any(|e| e.action == "identity.user.reset_password" && e.actor_id == full.id));
 
     // Revocation takes effect at once; an older version can't bring it back.
     let removed = app.grant(&p, &c, DelegatedGrantState::Removed, 2).await;
     assert_eq!(removed.current_state, DelegatedGrantState::Removed as i32);
-    expect_code(app.users().reset_password(reset(&full.token, &worker.id)).await, Code::NotFound);
+    expect_code(
+        app.users()
+            .reset_password(reset(&full.token, &worker.id))
+            .await,
+        Code::NotFound,
+    );
     let stale = app.grant(&p, &c, DelegatedGrantState::Active, 1).await;
     assert!(!stale.applied);
     assert_eq!(stale.current_version, 2);
-    expect_code(app.users().reset_password(reset(&limited.token, &worker.id)).await, Code::NotFound);
+    expect_code(
+        app.users()
+            .reset_password(reset(&limited.token, &worker.id))
+            .await,
+        Code::NotFound,
+    );
     // Re-applying the same version is a no-op.
-    assert!(!app.grant(&p, &c, DelegatedGrantState::Removed, 2).await.applied);
+    assert!(
+        !app.grant(&p, &c, DelegatedGrantState::Removed, 2)
+            .await
+            .applied
+    );
 }
 backend_test!(delegated_full_and_limited_act_in_the_customer_tenant_until_revoked);
 
@@ -124,15 +300,45 @@ async fn a_reassigned_grant_moves_access_to_the_new_partner(b: Backend) {
     let p1 = app.tenant(TenantKind::Partner, "First").await;
     let p2 = app.tenant(TenantKind::Partner, "Second").await;
     let c = app.tenant(TenantKind::Customer, "Customer").await;
-    let u1 = app.user(&p1.admin_token, &p1, "one", CompanyRole::Unspecified, SupportedCompaniesAccess::Full).await;
-    let u2 = app.user(&p2.admin_token, &p2, "two", CompanyRole::Unspecified, SupportedCompaniesAccess::Full).await;
-    let list = |token: &str| req(token, ListUsersRequest { tenant_id: c.id.clone(), ..Default::default() });
+    let u1 = app
+        .user(
+            &p1.admin_token,
+            &p1,
+            "one",
+            CompanyRole::Unspecified,
+            SupportedCompaniesAccess::Full,
+        )
+        .await;
+    let u2 = app
+        .user(
+            &p2.admin_token,
+            &p2,
+            "two",
+            CompanyRole::Unspecified,
+            SupportedCompaniesAccess::Full,
+        )
+        .await;
+    let list = |token: &str| {
+        req(
+            token,
+            ListUsersRequest {
+                tenant_id: c.id.clone(),
+                ..Default::default()
+            },
+        )
+    };
     app.grant(&p1, &c, DelegatedGrantState::Active, 1).await;
     app.users().list_users(list(&u1.token)).await.unwrap();
-    expect_code(app.users().list_users(list(&u2.token)).await, Code::NotFound);
+    expect_code(
+        app.users().list_users(list(&u2.token)).await,
+        Code::NotFound,
+    );
     app.grant(&p1, &c, DelegatedGrantState::Reassigned, 2).await;
     app.grant(&p2, &c, DelegatedGrantState::Active, 1).await;
-    expect_code(app.users().list_users(list(&u1.token)).await, Code::NotFound);
+    expect_code(
+        app.users().list_users(list(&u1.token)).await,
+        Code::NotFound,
+    );
     app.users().list_users(list(&u2.token)).await.unwrap();
 }
 backend_test!(a_reassigned_grant_moves_access_to_the_new_partner);

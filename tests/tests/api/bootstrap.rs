@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use sovra_runtime::auth::Keyring;
-use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
 
 use crate::{backend_test, helpers::*};
 
@@ -18,7 +20,9 @@ async fn every_identity_service_reports_serving(b: Backend) {
         "sovra.identity.v1.AccessService",
     ] {
         let status = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -31,15 +35,23 @@ backend_test!(every_identity_service_reports_serving);
 
 async fn a_database_of_another_instance_is_refused(b: Backend) {
     let db = TestDb::new(b).await;
-    let global = TestApp::start(&settings("global", &db.url), Arc::new(Keyring::generate())).await.unwrap();
+    let global = TestApp::start(&settings("global", &db.url), Arc::new(Keyring::generate()))
+        .await
+        .unwrap();
     global.stop().await;
-    let err = match TestApp::start(&settings("china", &db.url), Arc::new(Keyring::generate())).await {
+    let err = match TestApp::start(&settings("china", &db.url), Arc::new(Keyring::generate())).await
+    {
         Ok(_) => panic!("china started on global's database"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(err.contains("instance `global`") && err.contains("this is instance `china`"), "{err}");
+    assert!(
+        err.contains("instance `global`") && err.contains("this is instance `china`"),
+        "{err}"
+    );
     // And global still starts on its own database, data intact.
-    let again = TestApp::start(&settings("global", &db.url), Arc::new(Keyring::generate())).await.unwrap();
+    let again = TestApp::start(&settings("global", &db.url), Arc::new(Keyring::generate()))
+        .await
+        .unwrap();
     again.stop().await;
 }
 backend_test!(a_database_of_another_instance_is_refused);

@@ -43,7 +43,8 @@ macro_rules! backend_test {
 }
 
 fn pg_base_url() -> String {
-    std::env::var("SOVRA_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("SOVRA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// True when PostgreSQL answers. Locally a miss is reported loudly and the
@@ -56,7 +57,10 @@ pub async fn postgres_available() -> bool {
         }
         Err(e) => {
             if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("PostgreSQL is required under CI=true and is unreachable at {}: {e}", pg_base_url());
+                panic!(
+                    "PostgreSQL is required under CI=true and is unreachable at {}: {e}",
+                    pg_base_url()
+                );
             }
             eprintln!(
                 "\n!!! SKIPPED the PostgreSQL half: cannot reach {} ({e}). Start PostgreSQL or set SOVRA_TEST_POSTGRES_URL.\n",
@@ -110,8 +114,13 @@ impl TestDb {
             }
             Backend::Postgres => {
                 let name = format!("sovra_t_{id}");
-                let mut c = sqlx::postgres::PgConnection::connect(&pg_base_url()).await.unwrap();
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+                let mut c = sqlx::postgres::PgConnection::connect(&pg_base_url())
+                    .await
+                    .unwrap();
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
                 let _ = c.close().await;
                 let base = pg_base_url();
                 let (prefix, _) = base.rsplit_once('/').unwrap();
@@ -133,12 +142,16 @@ impl Drop for TestDb {
         if let Some(name) = self.pg_name.take() {
             // Drop from a thread of its own: Drop can't await.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async {
                     if let Ok(mut c) = sqlx::postgres::PgConnection::connect(&pg_base_url()).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .execute(&mut c)
-                            .await;
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut c)
+                                .await;
                     }
                 });
             })
@@ -166,7 +179,9 @@ impl TestApp {
 
     pub async fn spawn_instance(backend: Backend, instance: &str) -> TestApp {
         let db = TestDb::new(backend).await;
-        let mut app = Self::start(&settings(instance, &db.url), Arc::new(Keyring::generate())).await.unwrap();
+        let mut app = Self::start(&settings(instance, &db.url), Arc::new(Keyring::generate()))
+            .await
+            .unwrap();
         app._db = Some(db);
         app
     }
@@ -182,7 +197,10 @@ impl TestApp {
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await?;
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await?;
         Ok(TestApp {
             channel,
             clock,
@@ -228,7 +246,11 @@ impl TestApp {
     /// Creates a tenant with a global admin `admin@<domain>`; returns it and
     /// the admin's token.
     pub async fn tenant(&self, kind: TenantKind, name: &str) -> Tenant {
-        let domain = format!("{}-{}.example", name.to_lowercase().replace(' ', "-"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let domain = format!(
+            "{}-{}.example",
+            name.to_lowercase().replace(' ', "-"),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let resp = self
             .tenants()
             .create_tenant(req(
@@ -301,11 +323,21 @@ impl TestApp {
             .user
             .unwrap();
         let token = self.sign_in(&upn, PASSWORD).await;
-        TestUser { id: u.id, upn, token }
+        TestUser {
+            id: u.id,
+            upn,
+            token,
+        }
     }
 
     /// Pushes a delegated grant as the relationships service would.
-    pub async fn grant(&self, partner: &Tenant, customer: &Tenant, state: DelegatedGrantState, version: i64) -> ApplyDelegatedGrantResponse {
+    pub async fn grant(
+        &self,
+        partner: &Tenant,
+        customer: &Tenant,
+        state: DelegatedGrantState,
+        version: i64,
+    ) -> ApplyDelegatedGrantResponse {
         self.access()
             .apply_delegated_grant(req(
                 &self.service_token(),
@@ -371,7 +403,10 @@ pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
         Ok(v) => panic!("expected {code:?}, got success: {v:?}"),
         Err(s) => {
             assert_eq!(s.code(), code, "unexpected status: {s:?}");
-            assert!(s.get_details_error_info().is_some(), "every error carries ErrorInfo: {s:?}");
+            assert!(
+                s.get_details_error_info().is_some(),
+                "every error carries ErrorInfo: {s:?}"
+            );
             s
         }
     }
@@ -381,7 +416,9 @@ pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
 #[track_caller]
 pub fn expect_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) -> Status {
     let s = expect_code(result, Code::InvalidArgument);
-    let bad = s.get_details_bad_request().unwrap_or_else(|| panic!("no BadRequest details: {s:?}"));
+    let bad = s
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest details: {s:?}"));
     assert!(
         bad.field_violations.iter().any(|v| v.field == field),
         "expected a violation on `{field}`, got {:?}",

@@ -20,7 +20,10 @@ type Rpc<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl pb::access_service_server::AccessService for Identity {
-    async fn check_access(&self, req: Request<pb::CheckAccessRequest>) -> Rpc<pb::CheckAccessResponse> {
+    async fn check_access(
+        &self,
+        req: Request<pb::CheckAccessRequest>,
+    ) -> Rpc<pb::CheckAccessResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
         let permission = permission_from_pb("permission", r.permission)?;
@@ -41,7 +44,9 @@ impl pb::access_service_server::AccessService for Identity {
         let decision = self
             .decide_for_user(&user_id, tid.as_str(), permission)
             .await?
-            .ok_or_else(|| Error::not_found("USER_NOT_FOUND", format!("user {user_id} not found")))?;
+            .ok_or_else(|| {
+                Error::not_found("USER_NOT_FOUND", format!("user {user_id} not found"))
+            })?;
         Ok(Response::new(pb::CheckAccessResponse {
             allowed: decision.allowed,
             basis: basis_to_pb(decision.basis),
@@ -73,15 +78,31 @@ impl pb::access_service_server::AccessService for Identity {
             return Err(Error::invalid("version", "must be at least 1").into());
         }
         let idem = Idempotency::new(&ctx.caller, "ApplyDelegatedGrant", &r.request_id, &r)?;
-        if self.tenant(&partner).await.map_err(|e| e.with_violation("partner_tenant_id", "not found"))?.kind
+        if self
+            .tenant(&partner)
+            .await
+            .map_err(|e| e.with_violation("partner_tenant_id", "not found"))?
+            .kind
             != TenantKind::Partner
         {
-            return Err(Error::invalid("partner_tenant_id", "names a customer tenant, not a partner").into());
+            return Err(Error::invalid(
+                "partner_tenant_id",
+                "names a customer tenant, not a partner",
+            )
+            .into());
         }
-        if self.tenant(&customer).await.map_err(|e| e.with_violation("customer_tenant_id", "not found"))?.kind
+        if self
+            .tenant(&customer)
+            .await
+            .map_err(|e| e.with_violation("customer_tenant_id", "not found"))?
+            .kind
             != TenantKind::Customer
         {
-            return Err(Error::invalid("customer_tenant_id", "names a partner tenant, not a customer").into());
+            return Err(Error::invalid(
+                "customer_tenant_id",
+                "names a partner tenant, not a customer",
+            )
+            .into());
         }
         let mut tx = self.db().begin().await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
@@ -103,7 +124,10 @@ impl pb::access_service_server::AccessService for Identity {
                 &ctx,
                 customer.as_str(),
                 false,
-                &format!("identity.delegated_grant.{}", state.as_str().to_ascii_lowercase()),
+                &format!(
+                    "identity.delegated_grant.{}",
+                    state.as_str().to_ascii_lowercase()
+                ),
                 format!("delegated_grants/{partner}"),
                 &r.request_id,
             )

@@ -19,7 +19,10 @@ use crate::{
 type Rpc<T> = Result<Response<T>, Status>;
 
 fn sign_in_failed() -> Error {
-    Error::unauthenticated("SIGN_IN_FAILED", "the user principal name or password is incorrect")
+    Error::unauthenticated(
+        "SIGN_IN_FAILED",
+        "the user principal name or password is incorrect",
+    )
 }
 
 #[tonic::async_trait]
@@ -63,14 +66,21 @@ impl pb::auth_service_server::AuthService for Identity {
         }))
     }
 
-    async fn change_password(&self, req: Request<pb::ChangePasswordRequest>) -> Rpc<pb::ChangePasswordResponse> {
+    async fn change_password(
+        &self,
+        req: Request<pb::ChangePasswordRequest>,
+    ) -> Rpc<pb::ChangePasswordResponse> {
         let caller = caller_pending_password_change(&req)?;
         let ctx = Ctx {
             caller: caller.clone(),
             trace_id: sovra_runtime::auth::trace_id(&req),
         };
         let Caller::User(me) = caller else {
-            return Err(Error::permission_denied("USER_REQUIRED", "only a signed-in user can change its password").into());
+            return Err(Error::permission_denied(
+                "USER_REQUIRED",
+                "only a signed-in user can change its password",
+            )
+            .into());
         };
         let r = req.into_inner();
         let idem = Idempotency::new(&ctx.caller, "ChangePassword", &r.request_id, &r)?;
@@ -80,18 +90,27 @@ impl pb::auth_service_server::AuthService for Identity {
         let current = users::get_any(self.db().read(), &me.user_id)
             .await?
             .filter(|u| u.deleted_at.is_none() && !u.blocked)
-            .ok_or_else(|| Error::unauthenticated("USER_GONE", "the signed-in user can no longer sign in"))?;
+            .ok_or_else(|| {
+                Error::unauthenticated("USER_GONE", "the signed-in user can no longer sign in")
+            })?;
         let alias = current.upn.split('@').next().unwrap_or_default().to_owned();
         let new = Password::parse("new_password", &r.new_password, &alias)?;
         if r.new_password == r.current_password {
-            return Err(Error::invalid("new_password", "must differ from the current password").into());
+            return Err(
+                Error::invalid("new_password", "must differ from the current password").into(),
+            );
         }
         let mut tx = self.db().begin().await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
         }
         drop(tx);
-        if !self.inner.hasher.verify(&r.current_password, Some(&current.password_hash)).await? {
+        if !self
+            .inner
+            .hasher
+            .verify(&r.current_password, Some(&current.password_hash))
+            .await?
+        {
             return Err(Error::invalid("current_password", "is incorrect").into());
         }
         let hash = self.inner.hasher.hash(&new).await?;
@@ -102,9 +121,15 @@ impl pb::auth_service_server::AuthService for Identity {
         let tenant = TenantId::from_stored(me.tenant_id.clone());
         let mut u = users::get(&mut *tx, tenant.as_str(), &me.user_id, self.cutoff())
             .await?
-            .ok_or_else(|| Error::unauthenticated("USER_GONE", "the signed-in user can no longer sign in"))?;
+            .ok_or_else(|| {
+                Error::unauthenticated("USER_GONE", "the signed-in user can no longer sign in")
+            })?;
         if u.version != current.version {
-            return Err(Error::aborted("USER_CHANGED", "the user changed while the password was being changed: retry").into());
+            return Err(Error::aborted(
+                "USER_CHANGED",
+                "the user changed while the password was being changed: retry",
+            )
+            .into());
         }
         let expected = u.version;
         u.password_hash = hash;
@@ -112,14 +137,28 @@ impl pb::auth_service_server::AuthService for Identity {
         u.version += 1;
         u.updated_at = self.now();
         if !users::update(&mut tx, &u, expected).await? {
-            return Err(Error::aborted("USER_CHANGED", "the user changed while the password was being changed: retry").into());
+            return Err(Error::aborted(
+                "USER_CHANGED",
+                "the user changed while the password was being changed: retry",
+            )
+            .into());
         }
-        self.audit(&mut tx, &ctx, tenant.as_str(), false, "identity.user.change_password", format!("users/{}", u.id), &r.request_id)
-            .await?;
-        let token = self
-            .inner
-            .authority
-            .issue_user(&u.id, &u.tenant_id, false, self.cfg().access_token_ttl_secs);
+        self.audit(
+            &mut tx,
+            &ctx,
+            tenant.as_str(),
+            false,
+            "identity.user.change_password",
+            format!("users/{}", u.id),
+            &r.request_id,
+        )
+        .await?;
+        let token = self.inner.authority.issue_user(
+            &u.id,
+            &u.tenant_id,
+            false,
+            self.cfg().access_token_ttl_secs,
+        );
         let resp = pb::ChangePasswordResponse {
             access_token: token.value,
             expire_time: Some(to_timestamp(token.expires_at)),
@@ -129,7 +168,10 @@ impl pb::auth_service_server::AuthService for Identity {
         Ok(Response::new(resp))
     }
 
-    async fn get_signing_keys(&self, _req: Request<pb::GetSigningKeysRequest>) -> Rpc<pb::GetSigningKeysResponse> {
+    async fn get_signing_keys(
+        &self,
+        _req: Request<pb::GetSigningKeysRequest>,
+    ) -> Rpc<pb::GetSigningKeysResponse> {
         let a = &self.inner.authority;
         Ok(Response::new(pb::GetSigningKeysResponse {
             issuer: a.issuer().to_owned(),

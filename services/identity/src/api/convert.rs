@@ -7,7 +7,10 @@ use crate::{
     domain::{
         policy::Basis,
         profile::CompanyProfile,
-        roles::{CompanyRole, GrantState, PartnerAuthorization, PartnerStatus, Permission, SupportedAccess, TenantKind},
+        roles::{
+            CompanyRole, GrantState, PartnerAuthorization, PartnerStatus, Permission,
+            SupportedAccess, TenantKind,
+        },
     },
     store::{tenants::TenantRecord, users::UserRecord},
 };
@@ -17,14 +20,16 @@ fn unknown(field: &str, v: i32) -> Error {
 }
 
 pub fn role_from_pb(field: &str, v: i32) -> Result<Option<CompanyRole>, Error> {
-    Ok(match pb::CompanyRole::try_from(v).map_err(|_| unknown(field, v))? {
-        pb::CompanyRole::Unspecified => None,
-        pb::CompanyRole::GlobalAdmin => Some(CompanyRole::GlobalAdmin),
-        pb::CompanyRole::BillingAdmin => Some(CompanyRole::BillingAdmin),
-        pb::CompanyRole::UserAdmin => Some(CompanyRole::UserAdmin),
-        pb::CompanyRole::PasswordAdmin => Some(CompanyRole::PasswordAdmin),
-        pb::CompanyRole::ServiceAdmin => Some(CompanyRole::ServiceAdmin),
-    })
+    Ok(
+        match pb::CompanyRole::try_from(v).map_err(|_| unknown(field, v))? {
+            pb::CompanyRole::Unspecified => None,
+            pb::CompanyRole::GlobalAdmin => Some(CompanyRole::GlobalAdmin),
+            pb::CompanyRole::BillingAdmin => Some(CompanyRole::BillingAdmin),
+            pb::CompanyRole::UserAdmin => Some(CompanyRole::UserAdmin),
+            pb::CompanyRole::PasswordAdmin => Some(CompanyRole::PasswordAdmin),
+            pb::CompanyRole::ServiceAdmin => Some(CompanyRole::ServiceAdmin),
+        },
+    )
 }
 
 pub fn role_to_pb(r: Option<CompanyRole>) -> i32 {
@@ -40,12 +45,14 @@ pub fn role_to_pb(r: Option<CompanyRole>) -> i32 {
 
 /// `None` when unspecified (not given).
 pub fn access_from_pb(field: &str, v: i32) -> Result<Option<SupportedAccess>, Error> {
-    Ok(match pb::SupportedCompaniesAccess::try_from(v).map_err(|_| unknown(field, v))? {
-        pb::SupportedCompaniesAccess::Unspecified => None,
-        pb::SupportedCompaniesAccess::None => Some(SupportedAccess::None),
-        pb::SupportedCompaniesAccess::Full => Some(SupportedAccess::Full),
-        pb::SupportedCompaniesAccess::Limited => Some(SupportedAccess::Limited),
-    })
+    Ok(
+        match pb::SupportedCompaniesAccess::try_from(v).map_err(|_| unknown(field, v))? {
+            pb::SupportedCompaniesAccess::Unspecified => None,
+            pb::SupportedCompaniesAccess::None => Some(SupportedAccess::None),
+            pb::SupportedCompaniesAccess::Full => Some(SupportedAccess::Full),
+            pb::SupportedCompaniesAccess::Limited => Some(SupportedAccess::Limited),
+        },
+    )
 }
 
 pub fn access_to_pb(a: SupportedAccess) -> i32 {
@@ -58,7 +65,10 @@ pub fn access_to_pb(a: SupportedAccess) -> i32 {
 
 pub fn kind_from_pb(field: &str, v: i32) -> Result<TenantKind, Error> {
     match pb::TenantKind::try_from(v).map_err(|_| unknown(field, v))? {
-        pb::TenantKind::Unspecified => Err(Error::invalid(field, "is required: TENANT_KIND_PARTNER or TENANT_KIND_CUSTOMER")),
+        pb::TenantKind::Unspecified => Err(Error::invalid(
+            field,
+            "is required: TENANT_KIND_PARTNER or TENANT_KIND_CUSTOMER",
+        )),
         pb::TenantKind::Partner => Ok(TenantKind::Partner),
         pb::TenantKind::Customer => Ok(TenantKind::Customer),
     }
@@ -73,9 +83,13 @@ pub fn kind_to_pb(k: TenantKind) -> i32 {
 
 pub fn authorization_from_pb(field: &str, v: i32) -> Result<PartnerAuthorization, Error> {
     match pb::PartnerAuthorization::try_from(v).map_err(|_| unknown(field, v))? {
-        pb::PartnerAuthorization::Unspecified => Err(Error::invalid(field, "must not be UNSPECIFIED")),
+        pb::PartnerAuthorization::Unspecified => {
+            Err(Error::invalid(field, "must not be UNSPECIFIED"))
+        }
         pb::PartnerAuthorization::DelegatedAdmin => Ok(PartnerAuthorization::DelegatedAdmin),
-        pb::PartnerAuthorization::SubscriptionAdvisor => Ok(PartnerAuthorization::SubscriptionAdvisor),
+        pb::PartnerAuthorization::SubscriptionAdvisor => {
+            Ok(PartnerAuthorization::SubscriptionAdvisor)
+        }
         pb::PartnerAuthorization::ServiceProvider => Ok(PartnerAuthorization::ServiceProvider),
         pb::PartnerAuthorization::CloudReseller => Ok(PartnerAuthorization::CloudReseller),
     }
@@ -92,7 +106,10 @@ pub fn authorization_to_pb(a: PartnerAuthorization) -> i32 {
 
 pub fn status_from_pb(field: &str, v: i32) -> Result<PartnerStatus, Error> {
     match pb::PartnerStatus::try_from(v).map_err(|_| unknown(field, v))? {
-        pb::PartnerStatus::Unspecified => Err(Error::invalid(field, "is required: PARTNER_STATUS_ACTIVE or PARTNER_STATUS_SUSPENDED")),
+        pb::PartnerStatus::Unspecified => Err(Error::invalid(
+            field,
+            "is required: PARTNER_STATUS_ACTIVE or PARTNER_STATUS_SUSPENDED",
+        )),
         pb::PartnerStatus::Active => Ok(PartnerStatus::Active),
         pb::PartnerStatus::Suspended => Ok(PartnerStatus::Suspended),
     }
@@ -197,7 +214,11 @@ pub fn tenant_to_pb(t: &TenantRecord, instance: &str) -> pb::Tenant {
         primary_domain: t.primary_domain.clone(),
         data_region: t.data_region.clone(),
         company_profile: Some(profile_to_pb(&t.profile)),
-        partner_authorizations: t.authorizations.iter().map(|a| authorization_to_pb(*a)).collect(),
+        partner_authorizations: t
+            .authorizations
+            .iter()
+            .map(|a| authorization_to_pb(*a))
+            .collect(),
         partner_status: status_to_pb(t.partner_status),
         syndication: t.syndication,
         etag: t.version.to_string(),

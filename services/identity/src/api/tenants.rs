@@ -26,14 +26,23 @@ type Rpc<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl pb::tenant_service_server::TenantService for Identity {
-    async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> Rpc<pb::CreateTenantResponse> {
+    async fn create_tenant(
+        &self,
+        req: Request<pb::CreateTenantRequest>,
+    ) -> Rpc<pb::CreateTenantResponse> {
         let ctx = self.ctx(&req)?;
         if !(ctx.caller.is_operator() || ctx.caller.is_service()) {
-            return Err(Error::permission_denied("OPERATOR_REQUIRED", "only the instance operator may create tenants").into());
+            return Err(Error::permission_denied(
+                "OPERATOR_REQUIRED",
+                "only the instance operator may create tenants",
+            )
+            .into());
         }
         let r = req.into_inner();
         let idem = Idempotency::new(&ctx.caller, "CreateTenant", &r.request_id, &r)?;
-        Ok(Response::new(self.create_tenant_inner(&ctx, idem, r).await?))
+        Ok(Response::new(
+            self.create_tenant_inner(&ctx, idem, r).await?,
+        ))
     }
 
     async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Rpc<pb::GetTenantResponse> {
@@ -56,7 +65,9 @@ impl pb::tenant_service_server::TenantService for Identity {
         let r = req.into_inner();
         let id = self.tenant_id("tenant_id", &r.tenant_id)?;
         let idem = Idempotency::new(&ctx.caller, "UpdateCompanyProfile", &r.request_id, &r)?;
-        let granted = self.authorize(&ctx, &id, Permission::CompanyProfileUpdate).await?;
+        let granted = self
+            .authorize(&ctx, &id, Permission::CompanyProfileUpdate)
+            .await?;
         let paths = r.update_mask.clone().map(|m| m.paths).unwrap_or_default();
         let update = profile_from_pb(r.company_profile.clone());
         let mut tx = self.db().begin().await?;
@@ -114,14 +125,26 @@ impl pb::tenant_service_server::TenantService for Identity {
             }
         }
         let tenant = self
-            .change_partner(&ctx, &id, &idem, &r.request_id, "identity.tenant.set_partner_authorizations", |t| {
-                t.authorizations = wanted;
-            })
+            .change_partner(
+                &ctx,
+                &id,
+                &idem,
+                &r.request_id,
+                "identity.tenant.set_partner_authorizations",
+                |t| {
+                    t.authorizations = wanted;
+                },
+            )
             .await?;
-        Ok(Response::new(pb::SetPartnerAuthorizationsResponse { tenant: Some(tenant) }))
+        Ok(Response::new(pb::SetPartnerAuthorizationsResponse {
+            tenant: Some(tenant),
+        }))
     }
 
-    async fn set_partner_status(&self, req: Request<pb::SetPartnerStatusRequest>) -> Rpc<pb::SetPartnerStatusResponse> {
+    async fn set_partner_status(
+        &self,
+        req: Request<pb::SetPartnerStatusRequest>,
+    ) -> Rpc<pb::SetPartnerStatusResponse> {
         let ctx = self.ctx(&req)?;
         self.require_operator(&ctx)?;
         let r = req.into_inner();
@@ -130,14 +153,26 @@ impl pb::tenant_service_server::TenantService for Identity {
         let status = status_from_pb("status", r.status)?;
         crate::domain::values::parse_text("reason", &r.reason, 1024)?;
         let tenant = self
-            .change_partner(&ctx, &id, &idem, &r.request_id, "identity.tenant.set_partner_status", |t| {
-                t.partner_status = Some(status);
-            })
+            .change_partner(
+                &ctx,
+                &id,
+                &idem,
+                &r.request_id,
+                "identity.tenant.set_partner_status",
+                |t| {
+                    t.partner_status = Some(status);
+                },
+            )
             .await?;
-        Ok(Response::new(pb::SetPartnerStatusResponse { tenant: Some(tenant) }))
+        Ok(Response::new(pb::SetPartnerStatusResponse {
+            tenant: Some(tenant),
+        }))
     }
 
-    async fn get_features(&self, req: Request<pb::GetFeaturesRequest>) -> Rpc<pb::GetFeaturesResponse> {
+    async fn get_features(
+        &self,
+        req: Request<pb::GetFeaturesRequest>,
+    ) -> Rpc<pb::GetFeaturesResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
         if !r.tenant_id.is_empty() {
@@ -155,7 +190,10 @@ impl pb::tenant_service_server::TenantService for Identity {
         }))
     }
 
-    async fn list_audit_events(&self, req: Request<pb::ListAuditEventsRequest>) -> Rpc<pb::ListAuditEventsResponse> {
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Rpc<pb::ListAuditEventsResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
         let id = self.tenant_id("tenant_id", &r.tenant_id)?;
@@ -164,8 +202,12 @@ impl pb::tenant_service_server::TenantService for Identity {
         } else {
             self.authorize(&ctx, &id, Permission::AuditRead).await?;
         }
-        let (events, next_page_token) = audit::list(self.db(), id.as_str(), r.page_size, &r.page_token).await?;
-        Ok(Response::new(pb::ListAuditEventsResponse { events, next_page_token }))
+        let (events, next_page_token) =
+            audit::list(self.db(), id.as_str(), r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events,
+            next_page_token,
+        }))
     }
 }
 
@@ -189,30 +231,49 @@ impl Identity {
         let kind = kind_from_pb("kind", r.kind)?;
         let display_name = DisplayName::parse("display_name", &r.display_name)?;
         let domain = Domain::parse("primary_domain", &r.primary_domain)?;
-        let region = parse_region("data_region", &r.data_region, &self.cfg().data_regions, &self.cfg().region)?;
-        let mut profile = CompanyProfile::parse(profile_from_pb(r.company_profile.clone()), "company_profile")?;
+        let region = parse_region(
+            "data_region",
+            &r.data_region,
+            &self.cfg().data_regions,
+            &self.cfg().region,
+        )?;
+        let mut profile = CompanyProfile::parse(
+            profile_from_pb(r.company_profile.clone()),
+            "company_profile",
+        )?;
         if profile.name.is_empty() {
             profile.name = display_name.as_str().to_owned();
         }
         if r.syndication && kind == TenantKind::Partner {
-            return Err(Error::invalid("syndication", "applies to customer tenants only"));
+            return Err(Error::invalid(
+                "syndication",
+                "applies to customer tenants only",
+            ));
         }
-        let fa = r
-            .first_admin
-            .clone()
-            .ok_or_else(|| Error::invalid("first_admin", "is required: every tenant starts with a global admin"))?;
+        let fa = r.first_admin.clone().ok_or_else(|| {
+            Error::invalid(
+                "first_admin",
+                "is required: every tenant starts with a global admin",
+            )
+        })?;
         let upn = Address::parse("first_admin.user_principal_name", &fa.user_principal_name)?;
         if upn.domain() != &domain {
             return Err(Error::invalid(
                 "first_admin.user_principal_name",
-                format!("must end with @{}, the tenant's primary domain", domain.as_str()),
+                format!(
+                    "must end with @{}, the tenant's primary domain",
+                    domain.as_str()
+                ),
             ));
         }
         let admin_name = DisplayName::parse("first_admin.display_name", &fa.display_name)?;
         let (password, temporary) = if fa.password.is_empty() {
             (Password::temporary(), true)
         } else {
-            (Password::parse("first_admin.password", &fa.password, upn.alias())?, false)
+            (
+                Password::parse("first_admin.password", &fa.password, upn.alias())?,
+                false,
+            )
         };
         let hash = self.inner.hasher.hash(&password).await?;
         let now = self.now();
@@ -251,9 +312,19 @@ impl Identity {
         }
         users::purge_upn(&mut tx, &admin.upn, self.cutoff()).await?;
         tenants::insert(&mut tx, &tenant).await?;
-        users::insert(&mut tx, &admin).await.map_err(|e| e.in_field("first_admin"))?;
-        self.audit(&mut tx, ctx, &tenant.id, false, "identity.tenant.create", format!("tenants/{}", tenant.id), &r.request_id)
-            .await?;
+        users::insert(&mut tx, &admin)
+            .await
+            .map_err(|e| e.in_field("first_admin"))?;
+        self.audit(
+            &mut tx,
+            ctx,
+            &tenant.id,
+            false,
+            "identity.tenant.create",
+            format!("tenants/{}", tenant.id),
+            &r.request_id,
+        )
+        .await?;
         let resp = pb::CreateTenantResponse {
             tenant: Some(tenant_to_pb(&tenant, &self.cfg().instance)),
             first_admin: Some(user_to_pb(&admin, self.cfg().retention_ms)),
@@ -298,8 +369,16 @@ impl Identity {
         if !tenants::update(&mut tx, &t, expected).await? {
             return Err(etag_mismatch("tenant"));
         }
-        self.audit(&mut tx, ctx, id.as_str(), false, action, format!("tenants/{id}"), request_id)
-            .await?;
+        self.audit(
+            &mut tx,
+            ctx,
+            id.as_str(),
+            false,
+            action,
+            format!("tenants/{id}"),
+            request_id,
+        )
+        .await?;
         let tenant = tenant_to_pb(&t, &self.cfg().instance);
         remember(idem, &mut tx, &tenant, self.now()).await?;
         tx.commit().await?;

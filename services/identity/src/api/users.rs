@@ -26,7 +26,10 @@ type Rpc<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl pb::user_service_server::UserService for Identity {
-    async fn create_user(&self, req: Request<pb::CreateUserRequest>) -> Rpc<pb::CreateUserResponse> {
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Rpc<pb::CreateUserResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
         let tid = self.tenant_id("tenant_id", &r.tenant_id)?;
@@ -35,14 +38,19 @@ impl pb::user_service_server::UserService for Identity {
         let display_name = DisplayName::parse("display_name", &r.display_name)?;
         let role = role_from_pb("company_role", r.company_role)?;
         let access = access_from_pb("supported_companies_access", r.supported_companies_access)?;
-        let perm = if role.is_some() || matches!(access, Some(SupportedAccess::Full | SupportedAccess::Limited)) {
+        let perm = if role.is_some()
+            || matches!(
+                access,
+                Some(SupportedAccess::Full | SupportedAccess::Limited)
+            ) {
             Permission::AdminUsersManage
         } else {
             Permission::UsersManage
         };
         let granted = self.authorize(&ctx, &tid, perm).await?;
         let tenant = self.tenant(&tid).await?;
-        if access.is_some_and(|a| a != SupportedAccess::None) && tenant.kind != TenantKind::Partner {
+        if access.is_some_and(|a| a != SupportedAccess::None) && tenant.kind != TenantKind::Partner
+        {
             return Err(Error::invalid(
                 "supported_companies_access",
                 "applies to users of partner tenants only; this is a customer tenant",
@@ -52,14 +60,20 @@ impl pb::user_service_server::UserService for Identity {
         if upn.domain().as_str() != tenant.primary_domain {
             return Err(Error::invalid(
                 "user_principal_name",
-                format!("must end with @{}, the tenant's primary domain", tenant.primary_domain),
+                format!(
+                    "must end with @{}, the tenant's primary domain",
+                    tenant.primary_domain
+                ),
             )
             .into());
         }
         let (password, must_change) = if r.password.is_empty() {
             (Password::temporary(), true)
         } else {
-            (Password::parse("password", &r.password, upn.alias())?, r.force_change_password)
+            (
+                Password::parse("password", &r.password, upn.alias())?,
+                r.force_change_password,
+            )
         };
         let hash = self.inner.hasher.hash(&password).await?;
         let now = self.now();
@@ -84,8 +98,16 @@ impl pb::user_service_server::UserService for Identity {
         }
         users::purge_upn(&mut tx, &user.upn, self.cutoff()).await?;
         users::insert(&mut tx, &user).await?;
-        self.audit(&mut tx, &ctx, tid.as_str(), granted.delegated, "identity.user.create", format!("users/{}", user.id), &r.request_id)
-            .await?;
+        self.audit(
+            &mut tx,
+            &ctx,
+            tid.as_str(),
+            granted.delegated,
+            "identity.user.create",
+            format!("users/{}", user.id),
+            &r.request_id,
+        )
+        .await?;
         let resp = pb::CreateUserResponse {
             user: Some(user_to_pb(&user, self.cfg().retention_ms)),
             temporary_password: if r.password.is_empty() {
@@ -120,11 +142,23 @@ impl pb::user_service_server::UserService for Identity {
         let tid = self.tenant_id("tenant_id", &r.tenant_id)?;
         self.authorize(&ctx, &tid, Permission::UsersRead).await?;
         let size = paging::page_size(r.page_size)?;
-        let token_kind = if r.show_deleted { "users+deleted" } else { "users" };
+        let token_kind = if r.show_deleted {
+            "users+deleted"
+        } else {
+            "users"
+        };
         let after = paging::decode_token(token_kind, &r.page_token, 1)?
             .map(|mut v| v.remove(0))
             .unwrap_or_default();
-        let mut rows = users::list(self.db().read(), tid.as_str(), &after, size + 1, r.show_deleted, self.cutoff()).await?;
+        let mut rows = users::list(
+            self.db().read(),
+            tid.as_str(),
+            &after,
+            size + 1,
+            r.show_deleted,
+            self.cutoff(),
+        )
+        .await?;
         let next_page_token = if rows.len() as i64 > size {
             rows.truncate(size as usize);
             paging::encode_token(token_kind, &[&rows[rows.len() - 1].upn])
@@ -132,17 +166,26 @@ impl pb::user_service_server::UserService for Identity {
             String::new()
         };
         Ok(Response::new(pb::ListUsersResponse {
-            users: rows.iter().map(|u| user_to_pb(u, self.cfg().retention_ms)).collect(),
+            users: rows
+                .iter()
+                .map(|u| user_to_pb(u, self.cfg().retention_ms))
+                .collect(),
             next_page_token,
         }))
     }
 
-    async fn update_user(&self, req: Request<pb::UpdateUserRequest>) -> Rpc<pb::UpdateUserResponse> {
+    async fn update_user(
+        &self,
+        req: Request<pb::UpdateUserRequest>,
+    ) -> Rpc<pb::UpdateUserResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
         let tid = self.tenant_id("tenant_id", &r.tenant_id)?;
         let idem = Idempotency::new(&ctx.caller, "UpdateUser", &r.request_id, &r)?;
-        let patch = r.user.clone().ok_or_else(|| Error::invalid("user", "is required"))?;
+        let patch = r
+            .user
+            .clone()
+            .ok_or_else(|| Error::invalid("user", "is required"))?;
         let uid = UserId::parse("user.id", &patch.id)?;
         let paths = r.update_mask.clone().map(|m| m.paths).unwrap_or_default();
         if paths.is_empty() {
@@ -204,7 +247,11 @@ impl pb::user_service_server::UserService for Identity {
         let mut u = self.target_in(&mut tx, &tid, &uid).await?;
         check_etag("user", &r.etag, u.version)?;
         if u.deleted_at.is_some() {
-            return Err(Error::failed_precondition("USER_DELETED", "the user is deleted: restore it before changing it").into());
+            return Err(Error::failed_precondition(
+                "USER_DELETED",
+                "the user is deleted: restore it before changing it",
+            )
+            .into());
         }
         let loses_global_admin = u.role == Some(CompanyRole::GlobalAdmin)
             && (role.is_some_and(|r| r != Some(CompanyRole::GlobalAdmin)) || blocked == Some(true));
@@ -232,24 +279,43 @@ impl pb::user_service_server::UserService for Identity {
         let resp = pb::UpdateUserResponse {
             user: Some(user_to_pb(&u, self.cfg().retention_ms)),
         };
-        self.finish(tx, &ctx, &tid, &granted, "identity.user.update", &u.id, &r.request_id, &idem, &resp)
-            .await?;
+        self.finish(
+            tx,
+            &ctx,
+            &tid,
+            &granted,
+            "identity.user.update",
+            &u.id,
+            &r.request_id,
+            &idem,
+            &resp,
+        )
+        .await?;
         Ok(Response::new(resp))
     }
 
-    async fn delete_user(&self, req: Request<pb::DeleteUserRequest>) -> Rpc<pb::DeleteUserResponse> {
+    async fn delete_user(
+        &self,
+        req: Request<pb::DeleteUserRequest>,
+    ) -> Rpc<pb::DeleteUserResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
         let tid = self.tenant_id("tenant_id", &r.tenant_id)?;
         let uid = UserId::parse("user_id", &r.user_id)?;
         let idem = Idempotency::new(&ctx.caller, "DeleteUser", &r.request_id, &r)?;
-        let (granted, mut tx) = self.manage(&ctx, &tid, &uid, Permission::to_manage_user_with).await?;
+        let (granted, mut tx) = self
+            .manage(&ctx, &tid, &uid, Permission::to_manage_user_with)
+            .await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
         }
         let mut u = self.target_in(&mut tx, &tid, &uid).await?;
         if u.deleted_at.is_some() {
-            return Err(Error::failed_precondition("USER_ALREADY_DELETED", "the user is already deleted").into());
+            return Err(Error::failed_precondition(
+                "USER_ALREADY_DELETED",
+                "the user is already deleted",
+            )
+            .into());
         }
         if u.role == Some(CompanyRole::GlobalAdmin) {
             self.keep_a_global_admin(&mut tx, &tid, &u.id).await?;
@@ -264,24 +330,41 @@ impl pb::user_service_server::UserService for Identity {
         let resp = pb::DeleteUserResponse {
             user: Some(user_to_pb(&u, self.cfg().retention_ms)),
         };
-        self.finish(tx, &ctx, &tid, &granted, "identity.user.delete", &u.id, &r.request_id, &idem, &resp)
-            .await?;
+        self.finish(
+            tx,
+            &ctx,
+            &tid,
+            &granted,
+            "identity.user.delete",
+            &u.id,
+            &r.request_id,
+            &idem,
+            &resp,
+        )
+        .await?;
         Ok(Response::new(resp))
     }
 
-    async fn restore_user(&self, req: Request<pb::RestoreUserRequest>) -> Rpc<pb::RestoreUserResponse> {
+    async fn restore_user(
+        &self,
+        req: Request<pb::RestoreUserRequest>,
+    ) -> Rpc<pb::RestoreUserResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
         let tid = self.tenant_id("tenant_id", &r.tenant_id)?;
         let uid = UserId::parse("user_id", &r.user_id)?;
         let idem = Idempotency::new(&ctx.caller, "RestoreUser", &r.request_id, &r)?;
-        let (granted, mut tx) = self.manage(&ctx, &tid, &uid, Permission::to_manage_user_with).await?;
+        let (granted, mut tx) = self
+            .manage(&ctx, &tid, &uid, Permission::to_manage_user_with)
+            .await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
         }
         let mut u = self.target_in(&mut tx, &tid, &uid).await?;
         if u.deleted_at.is_none() {
-            return Err(Error::failed_precondition("USER_NOT_DELETED", "the user is not deleted").into());
+            return Err(
+                Error::failed_precondition("USER_NOT_DELETED", "the user is not deleted").into(),
+            );
         }
         let expected = u.version;
         u.deleted_at = None;
@@ -293,12 +376,25 @@ impl pb::user_service_server::UserService for Identity {
         let resp = pb::RestoreUserResponse {
             user: Some(user_to_pb(&u, self.cfg().retention_ms)),
         };
-        self.finish(tx, &ctx, &tid, &granted, "identity.user.restore", &u.id, &r.request_id, &idem, &resp)
-            .await?;
+        self.finish(
+            tx,
+            &ctx,
+            &tid,
+            &granted,
+            "identity.user.restore",
+            &u.id,
+            &r.request_id,
+            &idem,
+            &resp,
+        )
+        .await?;
         Ok(Response::new(resp))
     }
 
-    async fn reset_password(&self, req: Request<pb::ResetPasswordRequest>) -> Rpc<pb::ResetPasswordResponse> {
+    async fn reset_password(
+        &self,
+        req: Request<pb::ResetPasswordRequest>,
+    ) -> Rpc<pb::ResetPasswordResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
         let tid = self.tenant_id("tenant_id", &r.tenant_id)?;
@@ -306,13 +402,19 @@ impl pb::user_service_server::UserService for Identity {
         let idem = Idempotency::new(&ctx.caller, "ResetPassword", &r.request_id, &r)?;
         let temporary = Password::temporary();
         let hash = self.inner.hasher.hash(&temporary).await?;
-        let (granted, mut tx) = self.manage(&ctx, &tid, &uid, Permission::to_reset_password_of).await?;
+        let (granted, mut tx) = self
+            .manage(&ctx, &tid, &uid, Permission::to_reset_password_of)
+            .await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
         }
         let mut u = self.target_in(&mut tx, &tid, &uid).await?;
         if u.deleted_at.is_some() {
-            return Err(Error::failed_precondition("USER_DELETED", "the user is deleted: restore it first").into());
+            return Err(Error::failed_precondition(
+                "USER_DELETED",
+                "the user is deleted: restore it first",
+            )
+            .into());
         }
         let expected = u.version;
         u.password_hash = hash;
@@ -326,8 +428,18 @@ impl pb::user_service_server::UserService for Identity {
             user: Some(user_to_pb(&u, self.cfg().retention_ms)),
             temporary_password: temporary.expose().to_owned(),
         };
-        self.finish(tx, &ctx, &tid, &granted, "identity.user.reset_password", &u.id, &r.request_id, &idem, &resp)
-            .await?;
+        self.finish(
+            tx,
+            &ctx,
+            &tid,
+            &granted,
+            "identity.user.reset_password",
+            &u.id,
+            &r.request_id,
+            &idem,
+            &resp,
+        )
+        .await?;
         Ok(Response::new(resp))
     }
 }
@@ -335,12 +447,22 @@ impl pb::user_service_server::UserService for Identity {
 impl Identity {
     /// A visible user of `tenant` (active, or deleted within retention).
     async fn target(&self, tenant: &TenantId, id: &UserId) -> Result<UserRecord, Error> {
-        users::get(self.db().read(), tenant.as_str(), id.as_str(), self.cutoff())
-            .await?
-            .ok_or_else(|| user_not_found(tenant, id))
+        users::get(
+            self.db().read(),
+            tenant.as_str(),
+            id.as_str(),
+            self.cutoff(),
+        )
+        .await?
+        .ok_or_else(|| user_not_found(tenant, id))
     }
 
-    async fn target_in(&self, tx: &mut Tx, tenant: &TenantId, id: &UserId) -> Result<UserRecord, Error> {
+    async fn target_in(
+        &self,
+        tx: &mut Tx,
+        tenant: &TenantId,
+        id: &UserId,
+    ) -> Result<UserRecord, Error> {
         users::get(&mut **tx, tenant.as_str(), id.as_str(), self.cutoff())
             .await?
             .ok_or_else(|| user_not_found(tenant, id))
@@ -362,7 +484,12 @@ impl Identity {
     }
 
     /// Refuses a change that would leave `tenant` without an active global admin.
-    async fn keep_a_global_admin(&self, tx: &mut Tx, tenant: &TenantId, user_id: &str) -> Result<(), Error> {
+    async fn keep_a_global_admin(
+        &self,
+        tx: &mut Tx,
+        tenant: &TenantId,
+        user_id: &str,
+    ) -> Result<(), Error> {
         tenants::lock(tx, tenant.as_str()).await?;
         if users::other_active_global_admins(tx, tenant.as_str(), user_id).await? == 0 {
             return Err(Error::failed_precondition(
@@ -387,8 +514,16 @@ impl Identity {
         idem: &Option<Idempotency>,
         resp: &M,
     ) -> Result<(), Error> {
-        self.audit(&mut tx, ctx, tenant.as_str(), granted.delegated, action, format!("users/{user_id}"), request_id)
-            .await?;
+        self.audit(
+            &mut tx,
+            ctx,
+            tenant.as_str(),
+            granted.delegated,
+            action,
+            format!("users/{user_id}"),
+            request_id,
+        )
+        .await?;
         remember(idem, &mut tx, resp, self.now()).await?;
         tx.commit().await?;
         Ok(())
@@ -396,5 +531,8 @@ impl Identity {
 }
 
 fn user_not_found(tenant: &TenantId, id: &UserId) -> Error {
-    Error::not_found("USER_NOT_FOUND", format!("user {} not found in tenant {tenant}", id.as_str()))
+    Error::not_found(
+        "USER_NOT_FOUND",
+        format!("user {} not found in tenant {tenant}", id.as_str()),
+    )
 }

@@ -18,15 +18,28 @@ impl TenantId {
             return Err(Error::invalid(field, "is required"));
         }
         let Some((inst, hex)) = value.rsplit_once('_') else {
-            return Err(Error::invalid(field, format!("`{}` is not a tenant id", clip(value))));
+            return Err(Error::invalid(
+                field,
+                format!("`{}` is not a tenant id", clip(value)),
+            ));
         };
-        if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
-            return Err(Error::invalid(field, format!("`{}` is not a tenant id", clip(value))));
+        if hex.len() != 32
+            || !hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        {
+            return Err(Error::invalid(
+                field,
+                format!("`{}` is not a tenant id", clip(value)),
+            ));
         }
         if inst != instance {
             return Err(Error::invalid(
                 field,
-                format!("tenant `{value}` belongs to instance `{}`; this is instance `{instance}`", clip(inst)),
+                format!(
+                    "tenant `{value}` belongs to instance `{}`; this is instance `{instance}`",
+                    clip(inst)
+                ),
             ));
         }
         Ok(Self(value.to_owned()))
@@ -61,8 +74,15 @@ impl UserId {
         if value.is_empty() {
             return Err(Error::invalid(field, "is required"));
         }
-        if value.len() != 32 || !value.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
-            return Err(Error::invalid(field, format!("`{}` is not a user id", clip(value))));
+        if value.len() != 32
+            || !value
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        {
+            return Err(Error::invalid(
+                field,
+                format!("`{}` is not a user id", clip(value)),
+            ));
         }
         Ok(Self(value.to_owned()))
     }
@@ -96,8 +116,16 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused() {
-        for bad in ["", "global", "global_xyz", "global_0123456789abcdef0123456789abcdeg"] {
-            assert!(TenantId::parse("tenant_id", bad, "global").is_err(), "{bad}");
+        for bad in [
+            "",
+            "global",
+            "global_xyz",
+            "global_0123456789abcdef0123456789abcdeg",
+        ] {
+            assert!(
+                TenantId::parse("tenant_id", bad, "global").is_err(),
+                "{bad}"
+            );
         }
         assert!(UserId::parse("user_id", "nope").is_err());
         assert!(UserId::parse("user_id", UserId::generate().as_str()).is_ok());

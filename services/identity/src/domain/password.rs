@@ -21,10 +21,16 @@ impl Password {
     pub fn parse(field: &str, value: &str, alias: &str) -> Result<Self, Error> {
         let n = value.chars().count();
         if n < MIN_LEN {
-            return Err(Error::invalid(field, format!("is too weak: use at least {MIN_LEN} characters")));
+            return Err(Error::invalid(
+                field,
+                format!("is too weak: use at least {MIN_LEN} characters"),
+            ));
         }
         if n > MAX_LEN {
-            return Err(Error::invalid(field, format!("must be at most {MAX_LEN} characters")));
+            return Err(Error::invalid(
+                field,
+                format!("must be at most {MAX_LEN} characters"),
+            ));
         }
         let classes = [
             value.chars().any(|c| c.is_lowercase()),
@@ -42,7 +48,10 @@ impl Password {
             ));
         }
         if alias.len() >= 3 && value.to_lowercase().contains(&alias.to_lowercase()) {
-            return Err(Error::invalid(field, "is too weak: it must not contain the user's alias"));
+            return Err(Error::invalid(
+                field,
+                "is too weak: it must not contain the user's alias",
+            ));
         }
         Ok(Self(value.to_owned()))
     }
@@ -77,8 +86,14 @@ mod tests {
 
     #[test]
     fn weak_passwords_are_refused_with_the_reason() {
-        assert!(Password::parse("password", "Sh0rt!", "ada").unwrap_err().message.contains("at least 8"));
-        assert!(Password::parse("password", "alllowercase", "ada").unwrap_err().message.contains("three"));
+        assert!(Password::parse("password", "Sh0rt!", "ada")
+            .unwrap_err()
+            .message
+            .contains("at least 8"));
+        assert!(Password::parse("password", "alllowercase", "ada")
+            .unwrap_err()
+            .message
+            .contains("three"));
         assert!(Password::parse("password", "Ada.Lovelace1!", "ada.lovelace").is_err());
         assert!(Password::parse("password", "Correct-Horse-9", "ada").is_ok());
     }
@@ -87,7 +102,11 @@ mod tests {
     fn temporary_passwords_meet_the_policy() {
         for _ in 0..100 {
             let p = Password::temporary();
-            assert!(Password::parse("p", p.expose(), "someone").is_ok(), "{}", p.expose());
+            assert!(
+                Password::parse("p", p.expose(), "someone").is_ok(),
+                "{}",
+                p.expose()
+            );
         }
     }
 }

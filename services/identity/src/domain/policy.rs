@@ -63,9 +63,11 @@ pub fn role_allows(role: Option<CompanyRole>, p: Permission) -> bool {
     match p {
         TenantRead => true,
         UsersRead => role.is_some(),
-        CompanyProfileUpdate | AdminUsersManage | PasswordResetAdmin | AuditRead | PartnerRelationshipsManage => {
-            role == Some(GlobalAdmin)
-        }
+        CompanyProfileUpdate
+        | AdminUsersManage
+        | PasswordResetAdmin
+        | AuditRead
+        | PartnerRelationshipsManage => role == Some(GlobalAdmin),
         UsersManage => matches!(role, Some(GlobalAdmin | UserAdmin)),
         PasswordResetNonAdmin => matches!(role, Some(GlobalAdmin | UserAdmin | PasswordAdmin)),
         PasswordResetPasswordAdmin => matches!(role, Some(GlobalAdmin | PasswordAdmin)),
@@ -98,8 +100,12 @@ pub fn decide(subject: &Subject, tenant_id: &str, p: Permission, grant_active: b
             if subject.tenant_kind != TenantKind::Partner {
                 return Decision::deny(format!("{p} applies to partner tenants only"), true);
             }
-            let by_access = matches!(subject.access, SupportedAccess::Full | SupportedAccess::Limited);
-            let by_role = p == Permission::CustomersRead && subject.role == Some(CompanyRole::GlobalAdmin);
+            let by_access = matches!(
+                subject.access,
+                SupportedAccess::Full | SupportedAccess::Limited
+            );
+            let by_role =
+                p == Permission::CustomersRead && subject.role == Some(CompanyRole::GlobalAdmin);
             return if by_access {
                 Decision::allow(
                     Basis::OwnRole,
@@ -109,23 +115,37 @@ pub fn decide(subject: &Subject, tenant_id: &str, p: Permission, grant_active: b
                 Decision::allow(Basis::OwnRole, format!("GLOBAL_ADMIN allows {p}"))
             } else {
                 Decision::deny(
-                    format!("{p} needs FULL or LIMITED supported-companies access; the user has NONE"),
+                    format!(
+                        "{p} needs FULL or LIMITED supported-companies access; the user has NONE"
+                    ),
                     true,
                 )
             };
         }
         return if role_allows(subject.role, p) {
-            Decision::allow(Basis::OwnRole, format!("{} allows {p}", role_name(subject.role)))
+            Decision::allow(
+                Basis::OwnRole,
+                format!("{} allows {p}", role_name(subject.role)),
+            )
         } else {
-            Decision::deny(format!("{} does not allow {p}", role_name(subject.role)), true)
+            Decision::deny(
+                format!("{} does not allow {p}", role_name(subject.role)),
+                true,
+            )
         };
     }
     if subject.tenant_kind != TenantKind::Partner {
-        return Decision::deny(format!("the user's tenant has no access to tenant {tenant_id}"), false);
+        return Decision::deny(
+            format!("the user's tenant has no access to tenant {tenant_id}"),
+            false,
+        );
     }
     if !grant_active {
         return Decision::deny(
-            format!("partner {} holds no active delegated administration of tenant {tenant_id}", subject.tenant_id),
+            format!(
+                "partner {} holds no active delegated administration of tenant {tenant_id}",
+                subject.tenant_id
+            ),
             false,
         );
     }
@@ -161,7 +181,12 @@ mod tests {
     use CompanyRole::*;
     use Permission::*;
 
-    fn user(tenant: &str, kind: TenantKind, role: Option<CompanyRole>, access: SupportedAccess) -> Subject {
+    fn user(
+        tenant: &str,
+        kind: TenantKind,
+        role: Option<CompanyRole>,
+        access: SupportedAccess,
+    ) -> Subject {
         Subject {
             user_id: "u".into(),
             tenant_id: tenant.into(),
@@ -175,7 +200,12 @@ mod tests {
 
     #[test]
     fn global_admins_do_everything_in_their_own_tenant() {
-        let ga = user("c", TenantKind::Customer, Some(GlobalAdmin), SupportedAccess::None);
+        let ga = user(
+            "c",
+            TenantKind::Customer,
+            Some(GlobalAdmin),
+            SupportedAccess::None,
+        );
         for p in Permission::ALL.iter().filter(|p| !p.is_partner_only()) {
             assert!(decide(&ga, "c", *p, false).allowed, "{p}");
         }
@@ -183,7 +213,12 @@ mod tests {
 
     #[test]
     fn user_admins_manage_non_admins_only() {
-        let ua = user("c", TenantKind::Customer, Some(UserAdmin), SupportedAccess::None);
+        let ua = user(
+            "c",
+            TenantKind::Customer,
+            Some(UserAdmin),
+            SupportedAccess::None,
+        );
         assert!(decide(&ua, "c", UsersManage, false).allowed);
         assert!(decide(&ua, "c", PasswordResetNonAdmin, false).allowed);
         assert!(!decide(&ua, "c", AdminUsersManage, false).allowed);
@@ -193,7 +228,12 @@ mod tests {
 
     #[test]
     fn password_admins_reset_non_admins_and_password_admins() {
-        let pa = user("c", TenantKind::Customer, Some(PasswordAdmin), SupportedAccess::None);
+        let pa = user(
+            "c",
+            TenantKind::Customer,
+            Some(PasswordAdmin),
+            SupportedAccess::None,
+        );
         assert!(decide(&pa, "c", PasswordResetNonAdmin, false).allowed);
         assert!(decide(&pa, "c", PasswordResetPasswordAdmin, false).allowed);
         assert!(!decide(&pa, "c", PasswordResetAdmin, false).allowed);
@@ -224,24 +264,44 @@ mod tests {
 
     #[test]
     fn without_an_active_grant_the_customer_is_out_of_reach() {
-        let full = user("p", TenantKind::Partner, Some(GlobalAdmin), SupportedAccess::Full);
+        let full = user(
+            "p",
+            TenantKind::Partner,
+            Some(GlobalAdmin),
+            SupportedAccess::Full,
+        );
         let d = decide(&full, "c", TenantRead, false);
         assert!(!d.allowed);
         assert!(!d.related);
         assert!(d.reason.contains("no active delegated administration"));
-        let none = user("p", TenantKind::Partner, Some(GlobalAdmin), SupportedAccess::None);
+        let none = user(
+            "p",
+            TenantKind::Partner,
+            Some(GlobalAdmin),
+            SupportedAccess::None,
+        );
         assert!(!decide(&none, "c", TenantRead, true).allowed);
     }
 
     #[test]
     fn customers_never_reach_other_tenants() {
-        let ga = user("c1", TenantKind::Customer, Some(GlobalAdmin), SupportedAccess::Full);
+        let ga = user(
+            "c1",
+            TenantKind::Customer,
+            Some(GlobalAdmin),
+            SupportedAccess::Full,
+        );
         assert!(!decide(&ga, "c2", TenantRead, true).allowed);
     }
 
     #[test]
     fn offers_need_supported_companies_access_in_a_partner_tenant() {
-        let ga = user("p", TenantKind::Partner, Some(GlobalAdmin), SupportedAccess::None);
+        let ga = user(
+            "p",
+            TenantKind::Partner,
+            Some(GlobalAdmin),
+            SupportedAccess::None,
+        );
         assert!(!decide(&ga, "p", PartnerOffersCreate, false).allowed);
         assert!(decide(&ga, "p", CustomersRead, false).allowed);
         let agent = user("p", TenantKind::Partner, None, SupportedAccess::Limited);
@@ -250,7 +310,12 @@ mod tests {
 
     #[test]
     fn blocked_or_deleted_users_are_denied() {
-        let mut ga = user("c", TenantKind::Customer, Some(GlobalAdmin), SupportedAccess::None);
+        let mut ga = user(
+            "c",
+            TenantKind::Customer,
+            Some(GlobalAdmin),
+            SupportedAccess::None,
+        );
         ga.blocked = true;
         assert!(!decide(&ga, "c", TenantRead, false).allowed);
     }

@@ -43,7 +43,10 @@ impl CompanyProfile {
     /// Validates every field; `prefix` is the request field holding the profile.
     pub fn parse(raw: CompanyProfile, prefix: &str) -> Result<CompanyProfile, Error> {
         let f = |name: &str| format!("{prefix}.{name}");
-        let opt = |v: &str, name: &str, p: &dyn Fn(&str, &str) -> Result<String, Error>| -> Result<String, Error> {
+        let opt = |v: &str,
+                   name: &str,
+                   p: &dyn Fn(&str, &str) -> Result<String, Error>|
+         -> Result<String, Error> {
             if v.trim().is_empty() {
                 Ok(String::new())
             } else {
@@ -91,7 +94,10 @@ impl CompanyProfile {
                 other => {
                     return Err(Error::invalid(
                         "update_mask",
-                        format!("`{other}` is not a company profile field; use one of {}", FIELDS.join(", ")),
+                        format!(
+                            "`{other}` is not a company profile field; use one of {}",
+                            FIELDS.join(", ")
+                        ),
                     ))
                 }
             };
@@ -120,7 +126,9 @@ mod tests {
         let new = old.apply(update, &["phone".into()]).unwrap();
         assert_eq!(new.name, "Contoso");
         assert_eq!(new.phone, "+1 555 0199");
-        assert!(old.apply(CompanyProfile::default(), &["colour".into()]).is_err());
+        assert!(old
+            .apply(CompanyProfile::default(), &["colour".into()])
+            .is_err());
     }
 
     #[test]

@@ -110,6 +110,9 @@ impl Permission {
 
     /// Permissions that only make sense in a partner's own tenant.
     pub fn is_partner_only(self) -> bool {
-        matches!(self, Permission::PartnerOffersCreate | Permission::CustomersRead)
+        matches!(
+            self,
+            Permission::PartnerOffersCreate | Permission::CustomersRead
+        )
     }
 }

@@ -38,7 +38,12 @@ pub struct Domain(String);
 impl Domain {
     pub fn parse(field: &str, value: &str) -> Result<Self, Error> {
         let v = value.trim().to_ascii_lowercase();
-        let bad = |why: &str| Err(Error::invalid(field, format!("`{}` is not a domain: {why}", clip(value))));
+        let bad = |why: &str| {
+            Err(Error::invalid(
+                field,
+                format!("`{}` is not a domain: {why}", clip(value)),
+            ))
+        };
         if v.is_empty() {
             return Err(Error::invalid(field, "is required"));
         }
@@ -53,7 +58,10 @@ impl Domain {
             if l.is_empty() || l.len() > 63 {
                 return bad("each label must be 1–63 characters");
             }
-            if !l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+            if !l
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
                 return bad("use letters, digits and '-' only");
             }
             if l.starts_with('-') || l.ends_with('-') {
@@ -86,23 +94,33 @@ impl Address {
             return Err(Error::invalid(field, "is required"));
         }
         let Some((alias, domain)) = v.rsplit_once('@') else {
-            return Err(Error::invalid(field, format!("`{}` must look like alias@domain", clip(value))));
+            return Err(Error::invalid(
+                field,
+                format!("`{}` must look like alias@domain", clip(value)),
+            ));
         };
         let alias = alias.to_ascii_lowercase();
         if alias.is_empty() || alias.len() > 64 {
-            return Err(Error::invalid(field, "the part before '@' must be 1–64 characters"));
+            return Err(Error::invalid(
+                field,
+                "the part before '@' must be 1–64 characters",
+            ));
         }
-        if !alias
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '+' | '\''))
-        {
+        if !alias.chars().all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, '.' | '_' | '-' | '+' | '\'')
+        }) {
             return Err(Error::invalid(
                 field,
                 "the part before '@' may use letters, digits and . _ - + ' only",
             ));
         }
         if alias.starts_with('.') || alias.ends_with('.') || alias.contains("..") {
-            return Err(Error::invalid(field, "the part before '@' can't start or end with '.' or hold '..'"));
+            return Err(Error::invalid(
+                field,
+                "the part before '@' can't start or end with '.' or hold '..'",
+            ));
         }
         let domain = Domain::parse(field, domain)?;
         Ok(Self { alias, domain })
@@ -124,17 +142,25 @@ impl Address {
 /// An http(s) URL with a host.
 pub fn parse_website(field: &str, value: &str) -> Result<String, Error> {
     let v = value.trim();
-    let rest = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://"));
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"));
     match rest {
         Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) && v.len() <= 2048 => {
             let host = r.split(['/', '?', '#']).next().unwrap_or("");
             let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
             Domain::parse(field, host).map_err(|_| {
-                Error::invalid(field, format!("`{}` does not name a valid host", clip(value)))
+                Error::invalid(
+                    field,
+                    format!("`{}` does not name a valid host", clip(value)),
+                )
             })?;
             Ok(v.to_owned())
         }
-        _ => Err(Error::invalid(field, format!("`{}` is not an http(s) URL", clip(value)))),
+        _ => Err(Error::invalid(
+            field,
+            format!("`{}` is not an http(s) URL", clip(value)),
+        )),
     }
 }
 
@@ -142,13 +168,16 @@ pub fn parse_website(field: &str, value: &str) -> Result<String, Error> {
 pub fn parse_phone(field: &str, value: &str) -> Result<String, Error> {
     let v = value.trim();
     let digits = v.chars().filter(char::is_ascii_digit).count();
-    let ok_chars = v
-        .char_indices()
-        .all(|(i, c)| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')') || (c == '+' && i == 0));
+    let ok_chars = v.char_indices().all(|(i, c)| {
+        c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')') || (c == '+' && i == 0)
+    });
     if !ok_chars || !(4..=20).contains(&digits) || v.len() > 32 {
         return Err(Error::invalid(
             field,
-            format!("`{}` is not a phone number (4–20 digits, optional leading +)", clip(value)),
+            format!(
+                "`{}` is not a phone number (4–20 digits, optional leading +)",
+                clip(value)
+            ),
         ));
     }
     Ok(v.to_owned())
@@ -158,7 +187,13 @@ pub fn parse_phone(field: &str, value: &str) -> Result<String, Error> {
 pub fn parse_country(field: &str, value: &str) -> Result<String, Error> {
     let v = value.trim().to_ascii_uppercase();
     if v.len() != 2 || !v.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(Error::invalid(field, format!("`{}` is not a two-letter country code such as IT", clip(value))));
+        return Err(Error::invalid(
+            field,
+            format!(
+                "`{}` is not a two-letter country code such as IT",
+                clip(value)
+            ),
+        ));
     }
     Ok(v)
 }
@@ -167,7 +202,10 @@ pub fn parse_country(field: &str, value: &str) -> Result<String, Error> {
 pub fn parse_text(field: &str, value: &str, max: usize) -> Result<String, Error> {
     let v = value.trim();
     if v.chars().count() > max {
-        return Err(Error::invalid(field, format!("must be at most {max} characters")));
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     if v.chars().any(|c| c.is_control()) {
         return Err(Error::invalid(field, "must not contain control characters"));
@@ -176,7 +214,12 @@ pub fn parse_text(field: &str, value: &str, max: usize) -> Result<String, Error>
 }
 
 /// A region from the instance's list.
-pub fn parse_region(field: &str, value: &str, regions: &[String], default: &str) -> Result<String, Error> {
+pub fn parse_region(
+    field: &str,
+    value: &str,
+    regions: &[String],
+    default: &str,
+) -> Result<String, Error> {
     if value.is_empty() {
         return Ok(default.to_owned());
     }
@@ -185,7 +228,11 @@ pub fn parse_region(field: &str, value: &str, regions: &[String], default: &str)
     } else {
         Err(Error::invalid(
             field,
-            format!("`{}` is not a data region of this instance; choose one of {}", clip(value), regions.join(", ")),
+            format!(
+                "`{}` is not a data region of this instance; choose one of {}",
+                clip(value),
+                regions.join(", ")
+            ),
         ))
     }
 }
@@ -204,8 +251,19 @@ mod tests {
 
     #[test]
     fn domains_are_lowercased_and_checked() {
-        assert_eq!(Domain::parse("d", "Contoso.COM").unwrap().as_str(), "contoso.com");
-        for bad in ["", "localhost", "-a.com", "a..com", "a.c0m", "a_b.com", &"a".repeat(64)] {
+        assert_eq!(
+            Domain::parse("d", "Contoso.COM").unwrap().as_str(),
+            "contoso.com"
+        );
+        for bad in [
+            "",
+            "localhost",
+            "-a.com",
+            "a..com",
+            "a.c0m",
+            "a_b.com",
+            &"a".repeat(64),
+        ] {
             assert!(Domain::parse("d", bad).is_err(), "{bad}");
         }
     }
@@ -214,7 +272,14 @@ mod tests {
     fn user_principal_names_need_alias_and_domain() {
         let a = Address::parse("upn", "Ada.Lovelace@Contoso.com").unwrap();
         assert_eq!(a.to_string_lower(), "ada.lovelace@contoso.com");
-        for bad in ["ada", "@contoso.com", "ada@", ".ada@contoso.com", "a..b@contoso.com", "ada lovelace@contoso.com"] {
+        for bad in [
+            "ada",
+            "@contoso.com",
+            "ada@",
+            ".ada@contoso.com",
+            "a..b@contoso.com",
+            "ada lovelace@contoso.com",
+        ] {
             let e = Address::parse("upn", bad).unwrap_err();
             assert_eq!(e.violations[0].field, "upn", "{bad}");
         }

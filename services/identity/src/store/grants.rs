@@ -7,7 +7,11 @@ use sqlx::{Any, Executor};
 use crate::domain::roles::GrantState;
 
 /// True when `partner` holds an active grant on `customer`.
-pub async fn is_active<'e, E: Executor<'e, Database = Any>>(ex: E, partner: &str, customer: &str) -> Result<bool, Error> {
+pub async fn is_active<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    partner: &str,
+    customer: &str,
+) -> Result<bool, Error> {
     let row: Option<(String,)> = sqlx::query_as(
         "SELECT state FROM delegated_grants WHERE customer_tenant_id = $1 AND partner_tenant_id = $2",
     )
@@ -61,7 +65,10 @@ pub async fn apply(
     Ok(Applied {
         applied: r.rows_affected() == 1,
         version: stored_version,
-        state: GrantState::from_stored(&stored_state)
-            .ok_or_else(|| Error::internal(format!("grant {partner}->{customer} has a bad stored state")))?,
+        state: GrantState::from_stored(&stored_state).ok_or_else(|| {
+            Error::internal(format!(
+                "grant {partner}->{customer} has a bad stored state"
+            ))
+        })?,
     })
 }

@@ -24,9 +24,23 @@ pub struct TenantRecord {
     pub updated_at: Millis,
 }
 
-type Row = (String, String, String, String, String, String, String, String, i64, i64, i64, i64);
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+);
 
-const COLUMNS: &str = "id, kind, display_name, primary_domain, data_region, profile, authorizations, \
+const COLUMNS: &str =
+    "id, kind, display_name, primary_domain, data_region, profile, authorizations, \
                        partner_status, syndication, version, created_at, updated_at";
 
 fn from_row(r: Row) -> Result<TenantRecord, Error> {
@@ -56,7 +70,10 @@ fn authorizations_text(a: &[PartnerAuthorization]) -> String {
     a.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")
 }
 
-pub async fn get<'e, E: Executor<'e, Database = Any>>(ex: E, id: &str) -> Result<Option<TenantRecord>, Error> {
+pub async fn get<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    id: &str,
+) -> Result<Option<TenantRecord>, Error> {
     let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM tenants WHERE id = $1"))
         .bind(id)
         .fetch_optional(ex)
@@ -87,7 +104,10 @@ pub async fn insert(tx: &mut Tx, t: &TenantRecord) -> Result<(), Error> {
         if sovra_runtime::db::is_unique_violation(&e) {
             Error::already_exists(
                 "DOMAIN_TAKEN",
-                format!("primary_domain `{}` is already used by another tenant", t.primary_domain),
+                format!(
+                    "primary_domain `{}` is already used by another tenant",
+                    t.primary_domain
+                ),
             )
             .with_violation("primary_domain", "is already used by another tenant")
         } else {

@@ -23,9 +23,24 @@ pub struct UserRecord {
     pub deleted_at: Option<Millis>,
 }
 
-type Row = (String, String, String, String, String, String, i64, String, i64, i64, i64, i64, Option<i64>);
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+);
 
-const COLUMNS: &str = "id, tenant_id, upn, display_name, company_role, supported_access, blocked, password_hash, \
+const COLUMNS: &str =
+    "id, tenant_id, upn, display_name, company_role, supported_access, blocked, password_hash, \
                        must_change_password, version, created_at, updated_at, deleted_at";
 
 fn from_row(r: Row) -> UserRecord {
@@ -65,7 +80,10 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
 }
 
 /// Any user by id, whatever its tenant or state (the subject of a check).
-pub async fn get_any<'e, E: Executor<'e, Database = Any>>(ex: E, id: &str) -> Result<Option<UserRecord>, Error> {
+pub async fn get_any<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    id: &str,
+) -> Result<Option<UserRecord>, Error> {
     let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM users WHERE id = $1"))
         .bind(id)
         .fetch_optional(ex)
@@ -74,7 +92,10 @@ pub async fn get_any<'e, E: Executor<'e, Database = Any>>(ex: E, id: &str) -> Re
 }
 
 /// An active user by principal name (for sign-in).
-pub async fn get_active_by_upn<'e, E: Executor<'e, Database = Any>>(ex: E, upn: &str) -> Result<Option<UserRecord>, Error> {
+pub async fn get_active_by_upn<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    upn: &str,
+) -> Result<Option<UserRecord>, Error> {
     let row: Option<Row> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM users WHERE upn = $1 AND deleted_at IS NULL"
     ))
@@ -169,7 +190,11 @@ pub async fn list<'e, E: Executor<'e, Database = Any>>(
 }
 
 /// Active, unblocked global admins of a tenant other than `except_id`.
-pub async fn other_active_global_admins(tx: &mut Tx, tenant_id: &str, except_id: &str) -> Result<i64, Error> {
+pub async fn other_active_global_admins(
+    tx: &mut Tx,
+    tenant_id: &str,
+    except_id: &str,
+) -> Result<i64, Error> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND id <> $2 AND company_role = 'GLOBAL_ADMIN' \
          AND deleted_at IS NULL AND blocked = 0",
@@ -211,7 +236,10 @@ pub struct SubjectRow {
     pub deleted: bool,
 }
 
-pub async fn subject<'e, E: Executor<'e, Database = Any>>(ex: E, user_id: &str) -> Result<Option<SubjectRow>, Error> {
+pub async fn subject<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    user_id: &str,
+) -> Result<Option<SubjectRow>, Error> {
     let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
         "SELECT u.tenant_id, t.kind, u.company_role, u.supported_access, u.blocked, u.deleted_at \
          FROM users u JOIN tenants t ON t.id = u.tenant_id WHERE u.id = $1",
