@@ -792,3 +792,66 @@ async fn blocked_users_cannot_sign_in(b: Backend) {
     );
 }
 backend_test!(blocked_users_cannot_sign_in);
+
+async fn concurrent_demotions_leave_one_global_admin(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let c = app.tenant(TenantKind::Customer, "Customer").await;
+    // Eight global admins, each demoting itself at the same moment.
+    let mut admins = Vec::new();
+    for i in 0..7 {
+        admins.push(
+            app.user(
+                &c.admin_token,
+                &c,
+                &format!("ga{i}"),
+                CompanyRole::GlobalAdmin,
+                SupportedCompaniesAccess::Unspecified,
+            )
+            .await,
+        );
+    }
+    admins.push(TestUser {
+        id: c.admin_id.clone(),
+        upn: format!("admin@{}", c.domain),
+        token: c.admin_token.clone(),
+    });
+    let mut calls = Vec::new();
+    for a in &admins {
+        let mut users = app.users();
+        let r = req(
+            &a.token,
+            UpdateUserRequest {
+                tenant_id: c.id.clone(),
+                user: Some(User {
+                    id: a.id.clone(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["company_role".into()],
+                }),
+                ..Default::default()
+            },
+        );
+        calls.push(tokio::spawn(async move { users.update_user(r).await }));
+    }
+    let mut refused = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => {}
+            Err(s) => {
+                assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 1, "exactly the last one is refused");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT COUNT(*) FROM users WHERE tenant_id = '{}' AND company_role = 'GLOBAL_ADMIN'",
+            c.id
+        ))
+        .await,
+        1
+    );
+}
+backend_test!(concurrent_demotions_leave_one_global_admin);
