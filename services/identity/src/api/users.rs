@@ -300,49 +300,33 @@ impl pb::user_service_server::UserService for Identity {
     ) -> Rpc<pb::DeleteUserResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        let tid = self.tenant_id("tenant_id", &r.tenant_id)?;
-        let uid = UserId::parse("user_id", &r.user_id)?;
         let idem = Idempotency::new(&ctx.caller, "DeleteUser", &r.request_id, &r)?;
-        let (granted, mut tx) = self
-            .manage(&ctx, &tid, &uid, Permission::to_manage_user_with)
-            .await?;
-        if let Some(prev) = replay(&idem, &mut tx).await? {
-            return Ok(Response::new(prev));
-        }
-        let mut u = self.target_in(&mut tx, &tid, &uid).await?;
-        if u.deleted_at.is_some() {
-            return Err(Error::failed_precondition(
-                "USER_ALREADY_DELETED",
-                "the user is already deleted",
+        let now = self.now();
+        let user = self
+            .change_user(
+                &ctx,
+                &r.tenant_id,
+                &r.user_id,
+                &idem,
+                &r.request_id,
+                UserChange {
+                    needs: Permission::to_manage_user_with,
+                    action: "identity.user.delete",
+                    apply: Box::new(move |u| {
+                        if u.deleted_at.is_some() {
+                            return Err(Error::failed_precondition(
+                                "USER_ALREADY_DELETED",
+                                "the user is already deleted",
+                            ));
+                        }
+                        u.deleted_at = Some(now);
+                        Ok(())
+                    }),
+                    respond: Box::new(|user| pb::DeleteUserResponse { user: Some(user) }),
+                },
             )
-            .into());
-        }
-        if u.role == Some(CompanyRole::GlobalAdmin) {
-            self.keep_a_global_admin(&mut tx, &tid, &u.id).await?;
-        }
-        let expected = u.version;
-        u.deleted_at = Some(self.now());
-        u.version += 1;
-        u.updated_at = self.now();
-        if !users::update(&mut tx, &u, expected).await? {
-            return Err(etag_mismatch("user").into());
-        }
-        let resp = pb::DeleteUserResponse {
-            user: Some(user_to_pb(&u, self.cfg().retention_ms)),
-        };
-        self.finish(
-            tx,
-            &ctx,
-            &tid,
-            &granted,
-            "identity.user.delete",
-            &u.id,
-            &r.request_id,
-            &idem,
-            &resp,
-        )
-        .await?;
-        Ok(Response::new(resp))
+            .await?;
+        Ok(Response::new(user))
     }
 
     async fn restore_user(
@@ -351,44 +335,32 @@ impl pb::user_service_server::UserService for Identity {
     ) -> Rpc<pb::RestoreUserResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        let tid = self.tenant_id("tenant_id", &r.tenant_id)?;
-        let uid = UserId::parse("user_id", &r.user_id)?;
         let idem = Idempotency::new(&ctx.caller, "RestoreUser", &r.request_id, &r)?;
-        let (granted, mut tx) = self
-            .manage(&ctx, &tid, &uid, Permission::to_manage_user_with)
+        let user = self
+            .change_user(
+                &ctx,
+                &r.tenant_id,
+                &r.user_id,
+                &idem,
+                &r.request_id,
+                UserChange {
+                    needs: Permission::to_manage_user_with,
+                    action: "identity.user.restore",
+                    apply: Box::new(|u| {
+                        if u.deleted_at.is_none() {
+                            return Err(Error::failed_precondition(
+                                "USER_NOT_DELETED",
+                                "the user is not deleted",
+                            ));
+                        }
+                        u.deleted_at = None;
+                        Ok(())
+                    }),
+                    respond: Box::new(|user| pb::RestoreUserResponse { user: Some(user) }),
+                },
+            )
             .await?;
-        if let Some(prev) = replay(&idem, &mut tx).await? {
-            return Ok(Response::new(prev));
-        }
-        let mut u = self.target_in(&mut tx, &tid, &uid).await?;
-        if u.deleted_at.is_none() {
-            return Err(
-                Error::failed_precondition("USER_NOT_DELETED", "the user is not deleted").into(),
-            );
-        }
-        let expected = u.version;
-        u.deleted_at = None;
-        u.version += 1;
-        u.updated_at = self.now();
-        if !users::update(&mut tx, &u, expected).await? {
-            return Err(etag_mismatch("user").into());
-        }
-        let resp = pb::RestoreUserResponse {
-            user: Some(user_to_pb(&u, self.cfg().retention_ms)),
-        };
-        self.finish(
-            tx,
-            &ctx,
-            &tid,
-            &granted,
-            "identity.user.restore",
-            &u.id,
-            &r.request_id,
-            &idem,
-            &resp,
-        )
-        .await?;
-        Ok(Response::new(resp))
+        Ok(Response::new(user))
     }
 
     async fn reset_password(
@@ -397,54 +369,99 @@ impl pb::user_service_server::UserService for Identity {
     ) -> Rpc<pb::ResetPasswordResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        let tid = self.tenant_id("tenant_id", &r.tenant_id)?;
-        let uid = UserId::parse("user_id", &r.user_id)?;
         let idem = Idempotency::new(&ctx.caller, "ResetPassword", &r.request_id, &r)?;
         let temporary = Password::temporary();
         let hash = self.inner.hasher.hash(&temporary).await?;
-        let (granted, mut tx) = self
-            .manage(&ctx, &tid, &uid, Permission::to_reset_password_of)
-            .await?;
-        if let Some(prev) = replay(&idem, &mut tx).await? {
-            return Ok(Response::new(prev));
-        }
-        let mut u = self.target_in(&mut tx, &tid, &uid).await?;
-        if u.deleted_at.is_some() {
-            return Err(Error::failed_precondition(
-                "USER_DELETED",
-                "the user is deleted: restore it first",
+        let shown = temporary.expose().to_owned();
+        let resp = self
+            .change_user(
+                &ctx,
+                &r.tenant_id,
+                &r.user_id,
+                &idem,
+                &r.request_id,
+                UserChange {
+                    needs: Permission::to_reset_password_of,
+                    action: "identity.user.reset_password",
+                    apply: Box::new(move |u| {
+                        if u.deleted_at.is_some() {
+                            return Err(Error::failed_precondition(
+                                "USER_DELETED",
+                                "the user is deleted: restore it first",
+                            ));
+                        }
+                        u.password_hash = hash;
+                        u.must_change_password = true;
+                        Ok(())
+                    }),
+                    respond: Box::new(move |user| pb::ResetPasswordResponse {
+                        user: Some(user),
+                        temporary_password: shown,
+                    }),
+                },
             )
-            .into());
-        }
-        let expected = u.version;
-        u.password_hash = hash;
-        u.must_change_password = true;
-        u.version += 1;
-        u.updated_at = self.now();
-        if !users::update(&mut tx, &u, expected).await? {
-            return Err(etag_mismatch("user").into());
-        }
-        let resp = pb::ResetPasswordResponse {
-            user: Some(user_to_pb(&u, self.cfg().retention_ms)),
-            temporary_password: temporary.expose().to_owned(),
-        };
-        self.finish(
-            tx,
-            &ctx,
-            &tid,
-            &granted,
-            "identity.user.reset_password",
-            &u.id,
-            &r.request_id,
-            &idem,
-            &resp,
-        )
-        .await?;
+            .await?;
         Ok(Response::new(resp))
     }
 }
 
+/// One change to one user: the permission its current role needs, the audit
+/// action, the change itself, and how to answer.
+type ApplyChange = Box<dyn FnOnce(&mut UserRecord) -> Result<(), Error> + Send>;
+
+struct UserChange<M> {
+    needs: fn(Option<CompanyRole>) -> Permission,
+    action: &'static str,
+    apply: ApplyChange,
+    respond: Box<dyn FnOnce(pb::User) -> M + Send>,
+}
+
 impl Identity {
+    /// Authorizes, applies and audits a change to one user in one
+    /// transaction; a retry with the same request_id gets the first answer.
+    async fn change_user<M: prost::Message + Default>(
+        &self,
+        ctx: &Ctx,
+        tenant_id: &str,
+        user_id: &str,
+        idem: &Option<Idempotency>,
+        request_id: &str,
+        change: UserChange<M>,
+    ) -> Result<M, Error> {
+        let tid = self.tenant_id("tenant_id", tenant_id)?;
+        let uid = UserId::parse("user_id", user_id)?;
+        let (granted, mut tx) = self.manage(ctx, &tid, &uid, change.needs).await?;
+        if let Some(prev) = replay(idem, &mut tx).await? {
+            return Ok(prev);
+        }
+        let mut u = self.target_in(&mut tx, &tid, &uid).await?;
+        let expected = u.version;
+        let was_global_admin = u.role == Some(CompanyRole::GlobalAdmin) && u.deleted_at.is_none();
+        (change.apply)(&mut u)?;
+        if was_global_admin && u.deleted_at.is_some() {
+            self.keep_a_global_admin(&mut tx, &tid, &u.id).await?;
+        }
+        u.version += 1;
+        u.updated_at = self.now();
+        if !users::update(&mut tx, &u, expected).await? {
+            return Err(etag_mismatch("user"));
+        }
+        let resp = (change.respond)(user_to_pb(&u, self.cfg().retention_ms));
+        self.finish(
+            tx,
+            ctx,
+            &tid,
+            &granted,
+            change.action,
+            &u.id,
+            request_id,
+            idem,
+            &resp,
+        )
+        .await?;
+        Ok(resp)
+    }
+
     /// A visible user of `tenant` (active, or deleted within retention).
     async fn target(&self, tenant: &TenantId, id: &UserId) -> Result<UserRecord, Error> {
         users::get(
