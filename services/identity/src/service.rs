@@ -10,6 +10,7 @@ use sovra_runtime::{
     config::Settings,
     db::{Db, Tx},
     features::FeatureFlags,
+    idempotency::{remember, Idempotency},
     Error,
 };
 use tonic::Request;
@@ -76,6 +77,14 @@ pub(crate) struct Inner {
 pub(crate) struct Ctx {
     pub caller: Caller,
     pub trace_id: String,
+}
+
+/// What a mutation changed, for the audit trail.
+pub(crate) struct Change<'a> {
+    pub tenant_id: &'a str,
+    pub delegated: bool,
+    pub action: &'a str,
+    pub target: String,
 }
 
 /// A granted decision, for the audit record.
@@ -213,32 +222,37 @@ impl Identity {
         }
     }
 
-    /// Records a change in the transaction that makes it.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn audit(
+    /// The last step of every mutation: records `change` in the audit trail
+    /// (when something changed), remembers `resp` for retries of the same
+    /// request_id, and commits — all in the mutation's own transaction.
+    pub(crate) async fn commit<M: prost::Message>(
         &self,
-        tx: &mut Tx,
+        mut tx: Tx,
         ctx: &Ctx,
-        tenant_id: &str,
-        delegated: bool,
-        action: &str,
-        target: String,
+        change: Option<Change<'_>>,
         request_id: &str,
+        idem: &Option<Idempotency>,
+        resp: &M,
     ) -> Result<(), Error> {
-        audit::record(
-            tx,
-            self.now(),
-            AuditEntry {
-                tenant_id,
-                caller: &ctx.caller,
-                delegated,
-                action,
-                target,
-                request_id,
-                trace_id: &ctx.trace_id,
-            },
-        )
-        .await
+        if let Some(c) = change {
+            audit::record(
+                &mut tx,
+                self.now(),
+                AuditEntry {
+                    tenant_id: c.tenant_id,
+                    caller: &ctx.caller,
+                    delegated: c.delegated,
+                    action: c.action,
+                    target: c.target,
+                    request_id,
+                    trace_id: &ctx.trace_id,
+                },
+            )
+            .await?;
+        }
+        remember(idem, &mut tx, resp, self.now()).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Purges users past retention and forgets old request ids, once.

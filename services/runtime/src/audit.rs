@@ -87,7 +87,7 @@ pub async fn list(
         ),
         None => (i64::MAX, String::new()),
     };
-    let rows: Vec<Row> = sqlx::query_as(
+    let mut rows: Vec<Row> = sqlx::query_as(
         "SELECT id, seq_time, tenant_id, actor_kind, actor_id, actor_tenant_id, delegated, action, target, result, \
          request_id, trace_id FROM audit_events WHERE tenant_id = $1 \
          AND (seq_time < $2 OR (seq_time = $2 AND ($3 = '' OR id < $3))) \
@@ -99,10 +99,15 @@ pub async fn list(
     .bind(size + 1)
     .fetch_all(db.read())
     .await?;
-    let more = rows.len() as i64 > size;
-    let mut events: Vec<pb::AuditEvent> = rows
+    let next = if rows.len() as i64 > size {
+        rows.truncate(size as usize);
+        let last = &rows[rows.len() - 1];
+        paging::encode_token("audit", &[&last.1.to_string(), &last.0])
+    } else {
+        String::new()
+    };
+    let events = rows
         .into_iter()
-        .take(size as usize)
         .map(|r| pb::AuditEvent {
             id: r.0,
             time: Some(to_timestamp(r.1)),
@@ -122,16 +127,5 @@ pub async fn list(
             trace_id: r.11,
         })
         .collect();
-    let next = if more {
-        let last = events.last_mut().expect("more implies at least one");
-        let t = last
-            .time
-            .as_ref()
-            .map(|t| t.seconds * 1000 + (t.nanos / 1_000_000) as i64)
-            .unwrap_or(0);
-        paging::encode_token("audit", &[&t.to_string(), &last.id])
-    } else {
-        String::new()
-    };
     Ok((events, next))
 }

@@ -4,10 +4,7 @@
 //! When the configuration directory is absent, the copies compiled into the
 //! binary are used, so `sovra up` runs from any working directory.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::{net::SocketAddr, path::PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
@@ -440,15 +437,6 @@ fn is_http_url(s: &str) -> bool {
         .strip_prefix("https://")
         .or_else(|| s.strip_prefix("http://"));
     matches!(rest, Some(r) if !r.is_empty() && !r.contains(char::is_whitespace))
-}
-
-/// Resolves `path` against `base` unless it is absolute.
-pub fn resolve(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_owned()
-    } else {
-        base.join(path)
-    }
 }
 
 #[cfg(test)]

@@ -4,10 +4,7 @@
 
 use std::time::Duration;
 
-use sqlx::{
-    any::{AnyPoolOptions, AnyQueryResult},
-    AnyPool, Executor,
-};
+use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
 use crate::error::Error;
 
@@ -270,15 +267,6 @@ impl Db {
         self.backend
     }
 
-    /// Connections checked out of the pools right now.
-    pub fn in_use(&self) -> u32 {
-        let busy = |p: &AnyPool| p.size().saturating_sub(p.num_idle() as u32);
-        match self.backend {
-            Backend::Sqlite => busy(&self.read) + busy(&self.write),
-            Backend::Postgres => busy(&self.read),
-        }
-    }
-
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
@@ -288,9 +276,4 @@ impl Db {
 /// True when an error is a unique-constraint violation (both backends).
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-/// Rows a statement changed.
-pub fn affected(r: &AnyQueryResult) -> u64 {
-    r.rows_affected()
 }

@@ -4,7 +4,7 @@
 use sovra_proto::identity::v1 as pb;
 use sovra_runtime::{
     auth::Caller,
-    idempotency::{remember, replay, Idempotency},
+    idempotency::{replay, Idempotency},
     Error,
 };
 use tonic::{Request, Response, Status};
@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert::*;
 use crate::{
     domain::{ids::UserId, roles::TenantKind, values::parse_text},
-    service::Identity,
+    service::{Change, Identity},
     store::grants,
 };
 
@@ -118,28 +118,24 @@ impl pb::access_service_server::AccessService for Identity {
             self.now(),
         )
         .await?;
-        if applied.applied {
-            self.audit(
-                &mut tx,
-                &ctx,
-                customer.as_str(),
-                false,
-                &format!(
-                    "identity.delegated_grant.{}",
-                    state.as_str().to_ascii_lowercase()
-                ),
-                format!("delegated_grants/{partner}"),
-                &r.request_id,
-            )
-            .await?;
-        }
         let resp = pb::ApplyDelegatedGrantResponse {
             applied: applied.applied,
             current_version: applied.version,
             current_state: grant_state_to_pb(applied.state),
         };
-        remember(&idem, &mut tx, &resp, self.now()).await?;
-        tx.commit().await.map_err(Error::from)?;
+        let action = format!(
+            "identity.delegated_grant.{}",
+            state.as_str().to_ascii_lowercase()
+        );
+        // An older or equal version changed nothing, so nothing is audited.
+        let change = applied.applied.then(|| Change {
+            tenant_id: customer.as_str(),
+            delegated: false,
+            action: &action,
+            target: format!("delegated_grants/{partner}"),
+        });
+        self.commit(tx, &ctx, change, &r.request_id, &idem, &resp)
+            .await?;
         Ok(Response::new(resp))
     }
 }

@@ -5,14 +5,14 @@ use sovra_proto::identity::v1 as pb;
 use sovra_runtime::{
     auth::{caller_pending_password_change, Caller},
     clock::to_timestamp,
-    idempotency::{remember, replay, Idempotency},
+    idempotency::{replay, Idempotency},
     Error,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{ids::TenantId, password::Password, values::Address},
-    service::{Ctx, Identity},
+    domain::{password::Password, values::Address},
+    service::{Change, Ctx, Identity},
     store::users,
 };
 
@@ -100,6 +100,9 @@ impl pb::auth_service_server::AuthService for Identity {
                 Error::invalid("new_password", "must differ from the current password").into(),
             );
         }
+        // Replay before verifying: after a successful change the retry's
+        // current_password no longer matches. The hashing below then runs
+        // outside the write transaction, which is opened again to apply.
         let mut tx = self.db().begin().await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
@@ -118,19 +121,9 @@ impl pb::auth_service_server::AuthService for Identity {
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
         }
-        let tenant = TenantId::from_stored(me.tenant_id.clone());
-        let mut u = users::get(&mut *tx, tenant.as_str(), &me.user_id, self.cutoff())
-            .await?
-            .ok_or_else(|| {
-                Error::unauthenticated("USER_GONE", "the signed-in user can no longer sign in")
-            })?;
-        if u.version != current.version {
-            return Err(Error::aborted(
-                "USER_CHANGED",
-                "the user changed while the password was being changed: retry",
-            )
-            .into());
-        }
+        let mut u = current;
+        // The conditional update refuses if the user changed since the
+        // current password was verified against it.
         let expected = u.version;
         u.password_hash = hash;
         u.must_change_password = false;
@@ -143,16 +136,6 @@ impl pb::auth_service_server::AuthService for Identity {
             )
             .into());
         }
-        self.audit(
-            &mut tx,
-            &ctx,
-            tenant.as_str(),
-            false,
-            "identity.user.change_password",
-            format!("users/{}", u.id),
-            &r.request_id,
-        )
-        .await?;
         let token = self.inner.authority.issue_user(
             &u.id,
             &u.tenant_id,
@@ -163,8 +146,14 @@ impl pb::auth_service_server::AuthService for Identity {
             access_token: token.value,
             expire_time: Some(to_timestamp(token.expires_at)),
         };
-        remember(&idem, &mut tx, &resp, self.now()).await?;
-        tx.commit().await.map_err(Error::from)?;
+        let change = Change {
+            tenant_id: &u.tenant_id,
+            delegated: false,
+            action: "identity.user.change_password",
+            target: format!("users/{}", u.id),
+        };
+        self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
+            .await?;
         Ok(Response::new(resp))
     }
 

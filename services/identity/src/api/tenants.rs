@@ -4,7 +4,7 @@ use sovra_proto::{common::v1 as common, identity::v1 as pb};
 use sovra_runtime::{
     audit,
     features::FeatureFlags,
-    idempotency::{remember, replay, Idempotency},
+    idempotency::{replay, Idempotency},
     Error,
 };
 use tonic::{Request, Response, Status};
@@ -18,7 +18,7 @@ use crate::{
         roles::{CompanyRole, PartnerStatus, Permission, SupportedAccess, TenantKind},
         values::{parse_region, Address, DisplayName, Domain},
     },
-    service::{Ctx, Identity},
+    service::{Change, Ctx, Identity},
     store::{tenants, tenants::TenantRecord, users, users::UserRecord},
 };
 
@@ -90,21 +90,17 @@ impl pb::tenant_service_server::TenantService for Identity {
         if !tenants::update(&mut tx, &t, expected).await? {
             return Err(etag_mismatch("tenant").into());
         }
-        self.audit(
-            &mut tx,
-            &ctx,
-            id.as_str(),
-            granted.delegated,
-            "identity.tenant.update_company_profile",
-            format!("tenants/{id}"),
-            &r.request_id,
-        )
-        .await?;
         let resp = pb::UpdateCompanyProfileResponse {
             tenant: Some(tenant_to_pb(&t, &self.cfg().instance)),
         };
-        remember(&idem, &mut tx, &resp, self.now()).await?;
-        tx.commit().await.map_err(Error::from)?;
+        let change = Change {
+            tenant_id: id.as_str(),
+            delegated: granted.delegated,
+            action: "identity.tenant.update_company_profile",
+            target: format!("tenants/{id}"),
+        };
+        self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
+            .await?;
         Ok(Response::new(resp))
     }
 
@@ -315,16 +311,6 @@ impl Identity {
         users::insert(&mut tx, &admin)
             .await
             .map_err(|e| e.in_field("first_admin"))?;
-        self.audit(
-            &mut tx,
-            ctx,
-            &tenant.id,
-            false,
-            "identity.tenant.create",
-            format!("tenants/{}", tenant.id),
-            &r.request_id,
-        )
-        .await?;
         let resp = pb::CreateTenantResponse {
             tenant: Some(tenant_to_pb(&tenant, &self.cfg().instance)),
             first_admin: Some(user_to_pb(&admin, self.cfg().retention_ms)),
@@ -334,8 +320,14 @@ impl Identity {
                 String::new()
             },
         };
-        remember(&idem, &mut tx, &resp, now).await?;
-        tx.commit().await?;
+        let change = Change {
+            tenant_id: &tenant.id,
+            delegated: false,
+            action: "identity.tenant.create",
+            target: format!("tenants/{}", tenant.id),
+        };
+        self.commit(tx, ctx, Some(change), &r.request_id, &idem, &resp)
+            .await?;
         Ok(resp)
     }
 
@@ -369,19 +361,15 @@ impl Identity {
         if !tenants::update(&mut tx, &t, expected).await? {
             return Err(etag_mismatch("tenant"));
         }
-        self.audit(
-            &mut tx,
-            ctx,
-            id.as_str(),
-            false,
-            action,
-            format!("tenants/{id}"),
-            request_id,
-        )
-        .await?;
         let tenant = tenant_to_pb(&t, &self.cfg().instance);
-        remember(idem, &mut tx, &tenant, self.now()).await?;
-        tx.commit().await?;
+        let change = Change {
+            tenant_id: id.as_str(),
+            delegated: false,
+            action,
+            target: format!("tenants/{id}"),
+        };
+        self.commit(tx, ctx, Some(change), request_id, idem, &tenant)
+            .await?;
         Ok(tenant)
     }
 }

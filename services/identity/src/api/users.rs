@@ -5,7 +5,7 @@ use sovra_proto::identity::v1 as pb;
 use sovra_runtime::{
     auth::Caller,
     db::Tx,
-    idempotency::{remember, replay, Idempotency},
+    idempotency::{replay, Idempotency},
     paging, Error,
 };
 use tonic::{Request, Response, Status};
@@ -18,7 +18,7 @@ use crate::{
         roles::{CompanyRole, Permission, SupportedAccess, TenantKind},
         values::{Address, DisplayName},
     },
-    service::{Ctx, Granted, Identity},
+    service::{Change, Ctx, Granted, Identity},
     store::{tenants, users, users::UserRecord},
 };
 
@@ -98,16 +98,6 @@ impl pb::user_service_server::UserService for Identity {
         }
         users::purge_upn(&mut tx, &user.upn, self.cutoff()).await?;
         users::insert(&mut tx, &user).await?;
-        self.audit(
-            &mut tx,
-            &ctx,
-            tid.as_str(),
-            granted.delegated,
-            "identity.user.create",
-            format!("users/{}", user.id),
-            &r.request_id,
-        )
-        .await?;
         let resp = pb::CreateUserResponse {
             user: Some(user_to_pb(&user, self.cfg().retention_ms)),
             temporary_password: if r.password.is_empty() {
@@ -116,8 +106,18 @@ impl pb::user_service_server::UserService for Identity {
                 String::new()
             },
         };
-        remember(&idem, &mut tx, &resp, now).await?;
-        tx.commit().await.map_err(Error::from)?;
+        self.commit_user(
+            tx,
+            &ctx,
+            &tid,
+            &granted,
+            "identity.user.create",
+            &user.id,
+            &r.request_id,
+            &idem,
+            &resp,
+        )
+        .await?;
         Ok(Response::new(resp))
     }
 
@@ -221,17 +221,20 @@ impl pb::user_service_server::UserService for Identity {
                 }
             }
         }
-        // Standing first (NOT_FOUND for strangers), then the permission the target needs.
-        self.authorize(&ctx, &tid, Permission::TenantRead).await?;
-        let target = self.target(&tid, &uid).await?;
-        let perm = if role.is_some() || access.is_some() {
-            Permission::AdminUsersManage
-        } else {
-            Permission::to_manage_user_with(target.role)
-        };
-        let granted = self.authorize(&ctx, &tid, perm).await?;
+        let admin_fields = role.is_some() || access.is_some();
+        let (granted, mut tx) = self
+            .manage(&ctx, &tid, &uid, |target_role| {
+                if admin_fields {
+                    Permission::AdminUsersManage
+                } else {
+                    Permission::to_manage_user_with(target_role)
+                }
+            })
+            .await?;
         if access.is_some_and(|a| a != SupportedAccess::None) {
-            let tenant = self.tenant(&tid).await?;
+            let tenant = tenants::get(&mut *tx, tid.as_str())
+                .await?
+                .ok_or_else(|| crate::service::tenant_not_found(&tid))?;
             if tenant.kind != TenantKind::Partner {
                 return Err(Error::invalid(
                     "user.supported_companies_access",
@@ -240,7 +243,6 @@ impl pb::user_service_server::UserService for Identity {
                 .into());
             }
         }
-        let mut tx = self.db().begin().await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
         }
@@ -279,7 +281,7 @@ impl pb::user_service_server::UserService for Identity {
         let resp = pb::UpdateUserResponse {
             user: Some(user_to_pb(&u, self.cfg().retention_ms)),
         };
-        self.finish(
+        self.commit_user(
             tx,
             &ctx,
             &tid,
@@ -447,7 +449,7 @@ impl Identity {
             return Err(etag_mismatch("user"));
         }
         let resp = (change.respond)(user_to_pb(&u, self.cfg().retention_ms));
-        self.finish(
+        self.commit_user(
             tx,
             ctx,
             &tid,
@@ -486,13 +488,14 @@ impl Identity {
     }
 
     /// Authorizes an action on one user whose needed permission depends on
-    /// the user's role, and opens the write transaction.
+    /// the user's role, and opens the write transaction. Standing in the
+    /// tenant is checked first, so strangers get NOT_FOUND, not a hint.
     async fn manage(
         &self,
         ctx: &Ctx,
         tenant: &TenantId,
         id: &UserId,
-        needs: fn(Option<CompanyRole>) -> Permission,
+        needs: impl FnOnce(Option<CompanyRole>) -> Permission,
     ) -> Result<(Granted, Tx), Error> {
         self.authorize(ctx, tenant, Permission::TenantRead).await?;
         let target = self.target(tenant, id).await?;
@@ -517,11 +520,11 @@ impl Identity {
         Ok(())
     }
 
-    /// Audits, remembers the result for retries, and commits.
+    /// [`Identity::commit`] for a change to one user.
     #[allow(clippy::too_many_arguments)]
-    async fn finish<M: prost::Message>(
+    async fn commit_user<M: prost::Message>(
         &self,
-        mut tx: Tx,
+        tx: Tx,
         ctx: &Ctx,
         tenant: &TenantId,
         granted: &Granted,
@@ -531,19 +534,14 @@ impl Identity {
         idem: &Option<Idempotency>,
         resp: &M,
     ) -> Result<(), Error> {
-        self.audit(
-            &mut tx,
-            ctx,
-            tenant.as_str(),
-            granted.delegated,
+        let change = Change {
+            tenant_id: tenant.as_str(),
+            delegated: granted.delegated,
             action,
-            format!("users/{user_id}"),
-            request_id,
-        )
-        .await?;
-        remember(idem, &mut tx, resp, self.now()).await?;
-        tx.commit().await?;
-        Ok(())
+            target: format!("users/{user_id}"),
+        };
+        self.commit(tx, ctx, Some(change), request_id, idem, resp)
+            .await
     }
 }
 

@@ -3,6 +3,8 @@
 
 use sovra_runtime::Error;
 
+use super::values::clip;
+
 /// `{instance}_{32 hex digits}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TenantId(String);
@@ -45,11 +47,6 @@ impl TenantId {
         Ok(Self(value.to_owned()))
     }
 
-    /// Wraps an id read back from storage.
-    pub fn from_stored(value: String) -> Self {
-        Self(value)
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -89,15 +86,6 @@ impl UserId {
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-/// Keeps echoed input short in messages.
-fn clip(s: &str) -> String {
-    if s.chars().count() > 64 {
-        format!("{}…", s.chars().take(64).collect::<String>())
-    } else {
-        s.to_owned()
     }
 }
 

@@ -237,7 +237,8 @@ pub fn parse_region(
     }
 }
 
-fn clip(s: &str) -> String {
+/// Keeps echoed input short in messages.
+pub(crate) fn clip(s: &str) -> String {
     if s.chars().count() > 64 {
         format!("{}…", s.chars().take(64).collect::<String>())
     } else {
