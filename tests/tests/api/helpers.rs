@@ -396,6 +396,26 @@ pub fn req<T>(token: &str, msg: T) -> Request<T> {
     r
 }
 
+/// An UpdateUser request applying `paths` of `user` (which names the user by id).
+pub fn update_user(
+    token: &str,
+    tenant_id: &str,
+    user: User,
+    paths: &[&str],
+) -> Request<UpdateUserRequest> {
+    req(
+        token,
+        UpdateUserRequest {
+            tenant_id: tenant_id.into(),
+            user: Some(user),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
+            ..Default::default()
+        },
+    )
+}
+
 /// Asserts a call failed with `code`, and returns the status.
 #[track_caller]
 pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {

@@ -387,37 +387,19 @@ async fn the_last_global_admin_is_protected(b: Backend) {
         )
     };
     let demote = |id: &str| {
-        req(
-            &c.admin_token,
-            UpdateUserRequest {
-                tenant_id: c.id.clone(),
-                user: Some(User {
-                    id: id.into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["company_role".into()],
-                }),
-                ..Default::default()
-            },
-        )
+        let user = User {
+            id: id.into(),
+            ..Default::default()
+        };
+        update_user(&c.admin_token, &c.id, user, &["company_role"])
     };
     let block = |id: &str| {
-        req(
-            &c.admin_token,
-            UpdateUserRequest {
-                tenant_id: c.id.clone(),
-                user: Some(User {
-                    id: id.into(),
-                    blocked: true,
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["blocked".into()],
-                }),
-                ..Default::default()
-            },
-        )
+        let user = User {
+            id: id.into(),
+            blocked: true,
+            ..Default::default()
+        };
+        update_user(&c.admin_token, &c.id, user, &["blocked"])
     };
     let s = expect_code(
         app.users()
@@ -751,20 +733,15 @@ async fn blocked_users_cannot_sign_in(b: Backend) {
         )
         .await;
     app.users()
-        .update_user(req(
+        .update_user(update_user(
             &c.admin_token,
-            UpdateUserRequest {
-                tenant_id: c.id.clone(),
-                user: Some(User {
-                    id: u.id.clone(),
-                    blocked: true,
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["blocked".into()],
-                }),
+            &c.id,
+            User {
+                id: u.id.clone(),
+                blocked: true,
                 ..Default::default()
             },
+            &["blocked"],
         ))
         .await
         .unwrap();
@@ -818,20 +795,11 @@ async fn concurrent_demotions_leave_one_global_admin(b: Backend) {
     let mut calls = Vec::new();
     for a in &admins {
         let mut users = app.users();
-        let r = req(
-            &a.token,
-            UpdateUserRequest {
-                tenant_id: c.id.clone(),
-                user: Some(User {
-                    id: a.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["company_role".into()],
-                }),
-                ..Default::default()
-            },
-        );
+        let demote_self = User {
+            id: a.id.clone(),
+            ..Default::default()
+        };
+        let r = update_user(&a.token, &c.id, demote_self, &["company_role"]);
         calls.push(tokio::spawn(async move { users.update_user(r).await }));
     }
     let mut refused = 0;
