@@ -9,6 +9,10 @@ const PROTOS: &[&str] = &[
     "sovra/identity/v1/auth.proto",
     "sovra/identity/v1/tenant.proto",
     "sovra/identity/v1/user.proto",
+    "sovra/relationships/v1/customers.proto",
+    "sovra/relationships/v1/delegated_admin.proto",
+    "sovra/relationships/v1/reseller.proto",
+    "sovra/relationships/v1/service_requests.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

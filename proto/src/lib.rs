@@ -18,3 +18,9 @@ pub mod identity {
         tonic::include_proto!("sovra.identity.v1");
     }
 }
+
+pub mod relationships {
+    pub mod v1 {
+        tonic::include_proto!("sovra.relationships.v1");
+    }
+}

@@ -3,14 +3,15 @@
 
 use std::{sync::Arc, time::Duration};
 
+pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 use sovra_runtime::{
-    audit::{self, AuditEntry},
-    auth::{self, Authority, Caller},
+    audit,
+    auth::{Authority, Caller},
     clock::{Millis, SharedClock},
     config::Settings,
     db::{Db, Tx},
     features::FeatureFlags,
-    idempotency::{remember, Idempotency},
+    idempotency::Idempotency,
     Error,
 };
 use tonic::Request;
@@ -72,21 +73,6 @@ pub(crate) struct Inner {
     pub cfg: IdentityConfig,
 }
 
-/// Who is calling, and the trace the call belongs to.
-#[derive(Debug, Clone)]
-pub(crate) struct Ctx {
-    pub caller: Caller,
-    pub trace_id: String,
-}
-
-/// What a mutation changed, for the audit trail.
-pub(crate) struct Change<'a> {
-    pub tenant_id: &'a str,
-    pub delegated: bool,
-    pub action: &'a str,
-    pub target: String,
-}
-
 /// A granted decision, for the audit record.
 #[derive(Debug, Clone)]
 pub(crate) struct Granted {
@@ -130,10 +116,7 @@ impl Identity {
     }
 
     pub(crate) fn ctx<T>(&self, req: &Request<T>) -> Result<Ctx, Error> {
-        Ok(Ctx {
-            caller: auth::caller(req)?,
-            trace_id: auth::trace_id(req),
-        })
+        Ctx::of(req)
     }
 
     pub(crate) fn tenant_id(&self, field: &str, value: &str) -> Result<TenantId, Error> {
@@ -222,37 +205,17 @@ impl Identity {
         }
     }
 
-    /// The last step of every mutation: records `change` in the audit trail
-    /// (when something changed), remembers `resp` for retries of the same
-    /// request_id, and commits — all in the mutation's own transaction.
+    /// Audits, remembers and commits; see [`audit::commit`].
     pub(crate) async fn commit<M: prost::Message>(
         &self,
-        mut tx: Tx,
+        tx: Tx,
         ctx: &Ctx,
         change: Option<Change<'_>>,
         request_id: &str,
         idem: &Option<Idempotency>,
         resp: &M,
     ) -> Result<(), Error> {
-        if let Some(c) = change {
-            audit::record(
-                &mut tx,
-                self.now(),
-                AuditEntry {
-                    tenant_id: c.tenant_id,
-                    caller: &ctx.caller,
-                    delegated: c.delegated,
-                    action: c.action,
-                    target: c.target,
-                    request_id,
-                    trace_id: &ctx.trace_id,
-                },
-            )
-            .await?;
-        }
-        remember(idem, &mut tx, resp, self.now()).await?;
-        tx.commit().await?;
-        Ok(())
+        audit::commit(tx, self.now(), ctx, change, request_id, idem, resp).await
     }
 
     /// Purges users past retention and forgets old request ids, once.

@@ -4,12 +4,56 @@
 use sovra_proto::common::v1 as pb;
 
 use crate::{
-    auth::Caller,
+    auth::{Caller, Ctx},
     clock::{to_timestamp, Millis},
     db::{Db, Tx},
     error::Error,
+    idempotency::{remember, Idempotency},
     paging,
 };
+
+/// What a mutation changed, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct Change<'a> {
+    pub tenant_id: &'a str,
+    pub delegated: bool,
+    pub action: &'a str,
+    pub target: String,
+}
+
+/// The last step of every mutation: records `change` in the audit trail
+/// (when something changed), remembers `resp` for retries of the same
+/// request_id, and commits — all in the mutation's own transaction.
+#[allow(clippy::too_many_arguments)]
+pub async fn commit<M: prost::Message>(
+    mut tx: Tx,
+    now: Millis,
+    ctx: &Ctx,
+    change: Option<Change<'_>>,
+    request_id: &str,
+    idem: &Option<Idempotency>,
+    resp: &M,
+) -> Result<(), Error> {
+    if let Some(c) = change {
+        record(
+            &mut tx,
+            now,
+            AuditEntry {
+                tenant_id: c.tenant_id,
+                caller: &ctx.caller,
+                delegated: c.delegated,
+                action: c.action,
+                target: c.target,
+                request_id,
+                trace_id: &ctx.trace_id,
+            },
+        )
+        .await?;
+    }
+    remember(idem, &mut tx, resp, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
 
 /// One change to record.
 #[derive(Debug, Clone)]

@@ -86,6 +86,17 @@ impl Keyring {
         Ok((ring, true))
     }
 
+    /// A 32-byte secret for one `purpose`, derived from the signing key, so
+    /// other instance-bound MACs (link codes) need no key of their own.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"sovra derived secret v1\0");
+        h.update(purpose.as_bytes());
+        h.update([0u8]);
+        h.update(self.signing.to_bytes());
+        h.finalize().into()
+    }
+
     /// (key id, raw public key) for every verifying key.
     pub fn public_keys(&self) -> impl Iterator<Item = (&str, [u8; 32])> {
         self.verifying
@@ -232,6 +243,11 @@ impl Authority {
 
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// Now, on the clock tokens are stamped with.
+    pub fn now_ms(&self) -> Millis {
+        self.clock.now_ms()
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -443,6 +459,23 @@ pub fn caller_pending_password_change<T>(req: &Request<T>) -> Result<Caller, Err
             "this call needs `authorization: Bearer <token>`: sign in with AuthService.SignIn",
         )
     })
+}
+
+/// Who is calling, and the trace the call belongs to.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub caller: Caller,
+    pub trace_id: String,
+}
+
+impl Ctx {
+    /// The verified caller of `req` (see [`caller`]) and its trace id.
+    pub fn of<T>(req: &Request<T>) -> Result<Ctx, Error> {
+        Ok(Ctx {
+            caller: caller(req)?,
+            trace_id: trace_id(req),
+        })
+    }
 }
 
 /// The request's trace id, or empty.

@@ -48,6 +48,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub auth: AuthSettings,
     pub identity: IdentitySettings,
+    pub relationships: RelationshipsSettings,
     pub features: FeatureFlags,
 }
 
@@ -99,6 +100,20 @@ pub struct IdentitySettings {
     pub password_memory_kib: u32,
     pub password_iterations: u32,
     pub password_parallelism: u32,
+}
+
+/// `[relationships]`: the relationships service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelationshipsSettings {
+    pub database_url: String,
+    pub max_connections: u32,
+    pub identity_url: String,
+    pub grant_push_url: String,
+    pub link_ttl_days: u32,
+    pub idempotency_retention_hours: u32,
+    pub outbox_poll_interval_ms: u64,
+    pub outbox_max_backoff_ms: u64,
 }
 
 /// A configuration problem, naming the key (and where it came from when known).
@@ -319,6 +334,29 @@ impl Settings {
                 "identity.password_memory_kib",
                 "must be at least 8 × identity.password_parallelism",
             ));
+        }
+        let rel = &self.relationships;
+        check_database_url("relationships.database_url", &rel.database_url)?;
+        for (key, url) in [
+            ("relationships.identity_url", &rel.identity_url),
+            ("relationships.grant_push_url", &rel.grant_push_url),
+        ] {
+            if !url.is_empty() && !is_http_url(url) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("`{url}` is not an http(s) URL such as http://127.0.0.1:50051"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("relationships.max_connections", rel.max_connections as u64),
+            ("relationships.link_ttl_days", rel.link_ttl_days as u64),
+            ("relationships.outbox_poll_interval_ms", rel.outbox_poll_interval_ms),
+            ("relationships.outbox_max_backoff_ms", rel.outbox_max_backoff_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
         }
         Ok(())
     }

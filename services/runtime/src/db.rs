@@ -258,6 +258,11 @@ impl Db {
         &self.read
     }
 
+    /// The pool for single-statement writes outside a transaction.
+    pub fn write(&self) -> &AnyPool {
+        &self.write
+    }
+
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, Error> {
         Ok(self.write.begin().await?)

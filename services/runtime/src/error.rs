@@ -106,6 +106,11 @@ impl Error {
         e
     }
 
+    /// A dependency is down; the call may be retried.
+    pub fn unavailable(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, reason, message)
+    }
+
     /// Something broke inside: the cause is logged, the caller sees only that
     /// it happened.
     pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
@@ -186,6 +191,23 @@ impl From<Error> for Status {
             details.set_retry_info(Some(d));
         }
         Status::with_error_details(code, e.message, details)
+    }
+}
+
+/// The stale-etag answer shared by every update.
+pub fn etag_mismatch(what: &str) -> Error {
+    Error::aborted(
+        "ETAG_MISMATCH",
+        format!("the {what} changed since you read it (stale etag): read it again and retry"),
+    )
+}
+
+/// Checks an optional etag against the stored version.
+pub fn check_etag(what: &str, etag: &str, version: i64) -> Result<(), Error> {
+    if etag.is_empty() || etag == version.to_string() {
+        Ok(())
+    } else {
+        Err(etag_mismatch(what))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The shared service runtime every Sovra service stands on: configuration,
 //! feature flags, database pools and migrations, the error type and its gRPC
-//! mapping, idempotency, tokens and caller identity, audit, and the server bootstrap.
+//! mapping, idempotency, link codes, tokens and caller identity, audit, and the server bootstrap.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -8,9 +8,12 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod db;
+mod enums;
 pub mod error;
 pub mod features;
 pub mod idempotency;
+pub mod ids;
+pub mod links;
 pub mod paging;
 pub mod server;
 

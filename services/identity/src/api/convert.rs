@@ -142,6 +142,7 @@ pub fn permission_from_pb(field: &str, v: i32) -> Result<Permission, Error> {
         P::PartnerRelationshipsManage => Permission::PartnerRelationshipsManage,
         P::PartnerOffersCreate => Permission::PartnerOffersCreate,
         P::CustomersRead => Permission::CustomersRead,
+        P::PartnerLinksCreate => Permission::PartnerLinksCreate,
     })
 }
 

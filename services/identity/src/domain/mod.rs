@@ -1,7 +1,10 @@
 //! The identity rules, free of transport and storage: value types that parse
 //! at the boundary, roles, and the access policy.
 
-pub mod ids;
+/// Ids are shared with every service; see [`sovra_runtime::ids`].
+pub mod ids {
+    pub use sovra_runtime::ids::{TenantId, UserId};
+}
 pub mod password;
 pub mod policy;
 pub mod profile;

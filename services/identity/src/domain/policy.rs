@@ -75,7 +75,7 @@ pub fn role_allows(role: Option<CompanyRole>, p: Permission) -> bool {
         ServiceRequestsManage => role.is_some(),
         ServiceHealthRead => matches!(role, Some(GlobalAdmin | PasswordAdmin | ServiceAdmin)),
         // Decided by supported-companies access in `decide`.
-        PartnerOffersCreate | CustomersRead => false,
+        PartnerOffersCreate | CustomersRead | PartnerLinksCreate => false,
     }
 }
 
@@ -105,7 +105,8 @@ pub fn decide(subject: &Subject, tenant_id: &str, p: Permission, grant_active: b
                 SupportedAccess::Full | SupportedAccess::Limited
             );
             let by_role =
-                p == Permission::CustomersRead && subject.role == Some(CompanyRole::GlobalAdmin);
+                matches!(p, Permission::CustomersRead | Permission::PartnerLinksCreate)
+                    && subject.role == Some(CompanyRole::GlobalAdmin);
             return if by_access {
                 Decision::allow(
                     Basis::OwnRole,
@@ -304,6 +305,7 @@ mod tests {
         );
         assert!(!decide(&ga, "p", PartnerOffersCreate, false).allowed);
         assert!(decide(&ga, "p", CustomersRead, false).allowed);
+        assert!(decide(&ga, "p", PartnerLinksCreate, false).allowed);
         let agent = user("p", TenantKind::Partner, None, SupportedAccess::Limited);
         assert!(decide(&agent, "p", PartnerOffersCreate, false).allowed);
     }

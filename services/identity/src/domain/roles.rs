@@ -1,32 +1,7 @@
 //! Tenant kinds, admin roles, supported-companies access, partner programs,
 //! permissions and delegated-grant states, with their stored names.
 
-macro_rules! stored_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The name stored in the database and shown in messages.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-
-            pub fn from_stored(s: &str) -> Option<Self> {
-                match s { $($s => Some($name::$variant),)+ _ => None }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
+use sovra_runtime::stored_enum;
 
 stored_enum!(
     /// Partner or customer.
@@ -87,6 +62,7 @@ stored_enum!(
         PartnerRelationshipsManage => "PARTNER_RELATIONSHIPS_MANAGE",
         PartnerOffersCreate => "PARTNER_OFFERS_CREATE",
         CustomersRead => "CUSTOMERS_READ",
+        PartnerLinksCreate => "PARTNER_LINKS_CREATE",
     }
 );
 
@@ -112,7 +88,9 @@ impl Permission {
     pub fn is_partner_only(self) -> bool {
         matches!(
             self,
-            Permission::PartnerOffersCreate | Permission::CustomersRead
+            Permission::PartnerOffersCreate
+                | Permission::CustomersRead
+                | Permission::PartnerLinksCreate
         )
     }
 }

@@ -237,14 +237,7 @@ pub fn parse_region(
     }
 }
 
-/// Keeps echoed input short in messages.
-pub(crate) fn clip(s: &str) -> String {
-    if s.chars().count() > 64 {
-        format!("{}…", s.chars().take(64).collect::<String>())
-    } else {
-        s.to_owned()
-    }
-}
+pub(crate) use sovra_runtime::ids::clip;
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,16 @@
-//! Identifiers. Tenant ids carry their instance, so an id from another
+//! Identifiers every service parses. Tenant ids carry their instance, so an id from another
 //! instance is recognised and refused with a message that names it.
 
-use sovra_runtime::Error;
+use crate::Error;
 
-use super::values::clip;
+/// Keeps echoed input short in messages.
+pub fn clip(s: &str) -> String {
+    if s.chars().count() > 64 {
+        format!("{}…", s.chars().take(64).collect::<String>())
+    } else {
+        s.to_owned()
+    }
+}
 
 /// `{instance}_{32 hex digits}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -1,0 +1,433 @@
+//! `sovra.relationships.v1.DelegatedAdminService`: offers, acceptance under
+//! the multi-channel rule, removal and reassignment, each pushed to identity
+//! through the grant outbox.
+
+use sovra_proto::{identity::v1 as idpb, relationships::v1 as pb};
+use sovra_runtime::{
+    auth::{trace_id, Ctx},
+    clock::{to_timestamp, Millis},
+    db::Tx,
+    features::Feature,
+    idempotency::{replay, Idempotency},
+    ids::TenantId,
+    paging, Error,
+};
+use tonic::{Request, Response};
+
+use super::{convert::*, Rpc};
+use crate::{
+    domain::states::{DelegatedState, LinkKind},
+    service::{ctx, Change, Relationships},
+    store::{
+        customers,
+        delegated::{self, Relationship, Side},
+        links,
+        outbox::{self, GrantChange},
+    },
+};
+
+impl Relationships {
+    /// Moves `rel` to `state` and queues the grant change for identity, in `tx`.
+    async fn transition(
+        &self,
+        tx: &mut Tx,
+        rel: &mut Relationship,
+        state: DelegatedState,
+        now: Millis,
+    ) -> Result<GrantChange, Error> {
+        rel.state = state;
+        rel.version += 1;
+        rel.updated_at = now;
+        match state {
+            DelegatedState::Active => rel.activated_at = Some(now),
+            _ => rel.ended_at = Some(now),
+        }
+        delegated::update(tx, rel).await?;
+        customers::set_delegated(
+            tx,
+            &rel.partner_tenant_id,
+            &rel.customer_tenant_id,
+            state,
+            &rel.id,
+            now,
+        )
+        .await?;
+        let version =
+            delegated::next_grant_version(tx, &rel.customer_tenant_id, &rel.partner_tenant_id)
+                .await?;
+        outbox::enqueue(
+            tx,
+            &rel.partner_tenant_id,
+            &rel.customer_tenant_id,
+            &rel.id,
+            state,
+            version,
+            now,
+        )
+        .await
+    }
+
+    /// Authorizes a user to read relationships of `tenant`, on whichever side.
+    async fn require_side(&self, ctx: &Ctx, tenant: &TenantId, partner_side: bool) -> Result<(), Error> {
+        if ctx.caller.is_operator() {
+            return Ok(());
+        }
+        let p = if partner_side {
+            idpb::Permission::CustomersRead
+        } else {
+            idpb::Permission::UsersRead
+        };
+        self.require(ctx, tenant, p).await.map(|_| ())
+    }
+
+    /// The current holder's name for the multi-channel refusal.
+    async fn holder_name(&self, ctx: &Ctx, partner: &str) -> String {
+        match self.identity().tenant("code", partner, &ctx.trace_id).await {
+            Ok(t) => format!("{} ({partner})", t.display_name),
+            Err(_) => partner.to_owned(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships {
+    async fn create_delegated_admin_offer(
+        &self,
+        req: Request<pb::CreateDelegatedAdminOfferRequest>,
+    ) -> Rpc<pb::CreateDelegatedAdminOfferResponse> {
+        let ctx = ctx(&req)?;
+        let r = req.into_inner();
+        self.require_feature(Feature::DelegatedAdmin)?;
+        let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
+        let customer = match r.customer_tenant_id.as_str() {
+            "" => None,
+            c => Some(self.tenant_id("customer_tenant_id", c)?),
+        };
+        let idem = Idempotency::new(&ctx.caller, "CreateDelegatedAdminOffer", &r.request_id, &r)?;
+        self.require(&ctx, &partner, idpb::Permission::PartnerLinksCreate)
+            .await?;
+        self.partner(&ctx, &partner, &[idpb::PartnerAuthorization::DelegatedAdmin])
+            .await?;
+        if let Some(c) = &customer {
+            self.customer(&ctx, "customer_tenant_id", c).await?;
+        }
+        let (link, code) = self.new_link(&ctx, LinkKind::DelegatedAdmin, &partner, customer.as_ref());
+        let mut tx = self.db().begin().await?;
+        if let Some(prev) = replay(&idem, &mut tx).await? {
+            return Ok(Response::new(prev));
+        }
+        links::insert(&mut tx, &link).await?;
+        if let Some(c) = &customer {
+            // An offer to one customer shows as PENDING on both sides.
+            delegated::insert(
+                &mut tx,
+                &Relationship {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    partner_tenant_id: partner.to_string(),
+                    customer_tenant_id: c.to_string(),
+                    state: DelegatedState::Pending,
+                    offer_id: link.id.clone(),
+                    reassigned_to: None,
+                    version: 1,
+                    created_at: link.created_at,
+                    activated_at: None,
+                    ended_at: None,
+                    updated_at: link.created_at,
+                },
+            )
+            .await?;
+        }
+        let resp = pb::CreateDelegatedAdminOfferResponse {
+            offer: Some(offer_to_pb(&link, &code)),
+        };
+        let change = Change {
+            tenant_id: partner.as_str(),
+            delegated: false,
+            action: "relationships.delegated_admin_offer.create",
+            target: format!("links/{}", link.id),
+        };
+        self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn preview_delegated_admin_offer(
+        &self,
+        req: Request<pb::PreviewDelegatedAdminOfferRequest>,
+    ) -> Rpc<pb::PreviewDelegatedAdminOfferResponse> {
+        // No sign-in: anyone holding the link may see what it offers.
+        self.require_feature(Feature::DelegatedAdmin)?;
+        let (partner, link) = self
+            .preview(&trace_id(&req), LinkKind::DelegatedAdmin, &req.get_ref().code)
+            .await?;
+        Ok(Response::new(pb::PreviewDelegatedAdminOfferResponse {
+            partner: Some(partner),
+            expire_time: Some(to_timestamp(link.expires_at)),
+        }))
+    }
+
+    async fn accept_delegated_admin_offer(
+        &self,
+        req: Request<pb::AcceptDelegatedAdminOfferRequest>,
+    ) -> Rpc<pb::AcceptDelegatedAdminOfferResponse> {
+        let ctx = ctx(&req)?;
+        let r = req.into_inner();
+        self.require_feature(Feature::DelegatedAdmin)?;
+        let link = self.live_link(LinkKind::DelegatedAdmin, &r.code).await?;
+        let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
+        let idem = Idempotency::new(&ctx.caller, "AcceptDelegatedAdminOffer", &r.request_id, &r)?;
+        if link.customer_tenant_id.as_deref().is_some_and(|c| c != customer.as_str()) {
+            return Err(Error::permission_denied(
+                "OFFER_FOR_ANOTHER_CUSTOMER",
+                "this delegated-admin offer was made to another customer",
+            )
+            .into());
+        }
+        self.require_customer_global_admin(&ctx, &customer, "accept delegated administration")
+            .await?;
+        let c = self.customer(&ctx, "customer_tenant_id", &customer).await?;
+        let partner = self.tenant_id("code", &link.partner_tenant_id)?;
+        self.partner(&ctx, &partner, &[idpb::PartnerAuthorization::DelegatedAdmin])
+            .await?;
+
+        let mut tx = self.db().begin().await?;
+        if let Some(prev) = replay(&idem, &mut tx).await? {
+            return Ok(Response::new(prev));
+        }
+        let now = self.now();
+        delegated::lock_customer(&mut tx, customer.as_str()).await?;
+        let mut changes = Vec::new();
+        let mut reassigned_from = None;
+        let current = delegated::active_for_customer(&mut tx, customer.as_str()).await?;
+        if let Some(mut held) = current {
+            if held.partner_tenant_id == partner.as_str() {
+                // Accepting again changes nothing and answers the same relationship.
+                let resp = pb::AcceptDelegatedAdminOfferResponse {
+                    relationship: Some(relationship_to_pb(&held)),
+                };
+                self.commit(tx, &ctx, None, &r.request_id, &idem, &resp).await?;
+                return Ok(Response::new(resp));
+            }
+            if !r.reassign {
+                drop(tx);
+                let holder = self.holder_name(&ctx, &held.partner_tenant_id).await;
+                return Err(Error::failed_precondition(
+                    "DELEGATED_ADMIN_HELD",
+                    format!(
+                        "partner {holder} holds active delegated administration of tenant {customer}; \
+                         at most one partner may. Set reassign to end it and move delegated administration to this partner"
+                    ),
+                )
+                .into());
+            }
+            held.reassigned_to = Some(partner.to_string());
+            changes.push(self.transition(&mut tx, &mut held, DelegatedState::Reassigned, now).await?);
+            reassigned_from = Some(held.partner_tenant_id.clone());
+        }
+        customers::touch(&mut tx, partner.as_str(), customer.as_str(), &c.display_name, &c.primary_domain, now).await?;
+        let mut rel = match delegated::pending_for_offer(&mut tx, &link.id, customer.as_str()).await? {
+            Some(p) => p,
+            None => {
+                let fresh = Relationship {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    partner_tenant_id: partner.to_string(),
+                    customer_tenant_id: customer.to_string(),
+                    state: DelegatedState::Pending,
+                    offer_id: link.id.clone(),
+                    reassigned_to: None,
+                    version: 0,
+                    created_at: now,
+                    activated_at: None,
+                    ended_at: None,
+                    updated_at: now,
+                };
+                delegated::insert(&mut tx, &fresh).await?;
+                fresh
+            }
+        };
+        changes.push(self.transition(&mut tx, &mut rel, DelegatedState::Active, now).await?);
+        let resp = pb::AcceptDelegatedAdminOfferResponse {
+            relationship: Some(relationship_to_pb(&rel)),
+        };
+        let (action, target) = match &reassigned_from {
+            Some(from) => (
+                "relationships.delegated_admin.reassign",
+                format!("delegated_admin_relationships/{} (from partner {from} to {partner})", rel.id),
+            ),
+            None => (
+                "relationships.delegated_admin.accept",
+                format!("delegated_admin_relationships/{} (partner {partner})", rel.id),
+            ),
+        };
+        let change = Change {
+            tenant_id: customer.as_str(),
+            delegated: false,
+            action,
+            target,
+        };
+        self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
+            .await?;
+        self.outbox().deliver_now(&changes).await;
+        Ok(Response::new(resp))
+    }
+
+    async fn remove_delegated_admin(
+        &self,
+        req: Request<pb::RemoveDelegatedAdminRequest>,
+    ) -> Rpc<pb::RemoveDelegatedAdminResponse> {
+        let ctx = ctx(&req)?;
+        let r = req.into_inner();
+        // No feature check: a customer can always end delegated administration.
+        let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
+        let idem = Idempotency::new(&ctx.caller, "RemoveDelegatedAdmin", &r.request_id, &r)?;
+        self.require_customer_global_admin(&ctx, &customer, "remove delegated administration")
+            .await?;
+        let mut tx = self.db().begin().await?;
+        if let Some(prev) = replay(&idem, &mut tx).await? {
+            return Ok(Response::new(prev));
+        }
+        delegated::lock_customer(&mut tx, customer.as_str()).await?;
+        let mut rel = if r.id.is_empty() {
+            delegated::active_for_customer(&mut tx, customer.as_str())
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(
+                        "NO_ACTIVE_DELEGATED_ADMIN",
+                        format!("no partner holds active delegated administration of tenant {customer}"),
+                    )
+                })?
+        } else {
+            delegated::get(&mut *tx, &r.id)
+                .await?
+                .filter(|d| d.customer_tenant_id == customer.as_str())
+                .ok_or_else(|| {
+                    Error::not_found(
+                        "RELATIONSHIP_NOT_FOUND",
+                        format!("tenant {customer} has no delegated-admin relationship {}", r.id),
+                    )
+                    .with_violation("id", "not found")
+                })?
+        };
+        if rel.state != DelegatedState::Active {
+            return Err(Error::failed_precondition(
+                "RELATIONSHIP_NOT_ACTIVE",
+                format!("delegated-admin relationship {} is {}; only an ACTIVE one can be removed", rel.id, rel.state),
+            )
+            .into());
+        }
+        let change = self
+            .transition(&mut tx, &mut rel, DelegatedState::Removed, self.now())
+            .await?;
+        let resp = pb::RemoveDelegatedAdminResponse {
+            relationship: Some(relationship_to_pb(&rel)),
+        };
+        let audit = Change {
+            tenant_id: customer.as_str(),
+            delegated: false,
+            action: "relationships.delegated_admin.remove",
+            target: format!("delegated_admin_relationships/{} (partner {})", rel.id, rel.partner_tenant_id),
+        };
+        self.commit(tx, &ctx, Some(audit), &r.request_id, &idem, &resp)
+            .await?;
+        self.outbox().deliver_now(&[change]).await;
+        Ok(Response::new(resp))
+    }
+
+    async fn revoke_delegated_admin_offer(
+        &self,
+        req: Request<pb::RevokeDelegatedAdminOfferRequest>,
+    ) -> Rpc<pb::RevokeDelegatedAdminOfferResponse> {
+        let ctx = ctx(&req)?;
+        let r = req.into_inner();
+        let idem = Idempotency::new(&ctx.caller, "RevokeDelegatedAdminOffer", &r.request_id, &r)?;
+        let resp = self
+            .revoke_link(
+                &ctx,
+                LinkKind::DelegatedAdmin,
+                "partner_tenant_id",
+                &r.partner_tenant_id,
+                &r.id,
+                &r.request_id,
+                idem,
+                |l| pb::RevokeDelegatedAdminOfferResponse {
+                    offer: Some(offer_to_pb(l, "")),
+                },
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn get_delegated_admin_relationship(
+        &self,
+        req: Request<pb::GetDelegatedAdminRelationshipRequest>,
+    ) -> Rpc<pb::GetDelegatedAdminRelationshipResponse> {
+        let ctx = ctx(&req)?;
+        let r = req.into_inner();
+        let tenant = self.tenant_id("tenant_id", &r.tenant_id)?;
+        if r.id.is_empty() {
+            return Err(Error::invalid("id", "is required").into());
+        }
+        let not_found = || {
+            Error::not_found(
+                "RELATIONSHIP_NOT_FOUND",
+                format!("tenant {tenant} has no delegated-admin relationship {}", r.id),
+            )
+        };
+        let rel = delegated::get(self.db().read(), &r.id).await?;
+        let partner_side = match &rel {
+            Some(d) if d.partner_tenant_id == tenant.as_str() => true,
+            Some(d) if d.customer_tenant_id == tenant.as_str() => false,
+            _ => {
+                // Still authorize first, so ids can't be probed across tenants.
+                self.require_side(&ctx, &tenant, false).await?;
+                return Err(not_found().into());
+            }
+        };
+        self.require_side(&ctx, &tenant, partner_side).await?;
+        let rel = rel.ok_or_else(not_found)?;
+        Ok(Response::new(pb::GetDelegatedAdminRelationshipResponse {
+            relationship: Some(relationship_to_pb(&rel)),
+        }))
+    }
+
+    async fn list_delegated_admin_relationships(
+        &self,
+        req: Request<pb::ListDelegatedAdminRelationshipsRequest>,
+    ) -> Rpc<pb::ListDelegatedAdminRelationshipsResponse> {
+        let ctx = ctx(&req)?;
+        let r = req.into_inner();
+        let (tenant, partner_side) = match (r.partner_tenant_id.is_empty(), r.customer_tenant_id.is_empty()) {
+            (false, true) => (self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?, true),
+            (true, false) => (self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?, false),
+            _ => {
+                return Err(Error::invalid(
+                    "partner_tenant_id",
+                    "set exactly one of partner_tenant_id (the partner's view) and customer_tenant_id (the customer's view)",
+                )
+                .into())
+            }
+        };
+        let state = state_from_pb("state", r.state)?;
+        let size = paging::page_size(r.page_size)?;
+        let before = paging::decode_token("dar", &r.page_token, 1)?.map(|mut v| v.remove(0));
+        self.require_side(&ctx, &tenant, partner_side).await?;
+        let side = if partner_side {
+            Side::Partner(tenant.as_str())
+        } else {
+            Side::Customer(tenant.as_str())
+        };
+        let mut rows = delegated::list(self.db().read(), side, state, before.as_deref(), size + 1).await?;
+        let next_page_token = if rows.len() as i64 > size {
+            rows.truncate(size as usize);
+            rows.last()
+                .map(|d| paging::encode_token("dar", &[&d.id]))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListDelegatedAdminRelationshipsResponse {
+            relationships: rows.iter().map(relationship_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+}

@@ -1,0 +1,134 @@
+//! Sovra's relationships service: a partner's customers, reseller links,
+//! delegated administration (pushed to identity through an outbox), and
+//! service requests.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod domain;
+pub mod identity;
+pub mod outbox;
+pub mod service;
+pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use sovra_proto::relationships::v1::{
+    customer_service_server::{self, CustomerServiceServer},
+    delegated_admin_service_server::{self, DelegatedAdminServiceServer},
+    reseller_service_server::{self, ResellerServiceServer},
+    service_request_service_server::{self, ServiceRequestServiceServer},
+};
+use sovra_runtime::{
+    auth::{Authenticator, Authority},
+    clock::SharedClock,
+    config::Settings,
+    db::{Db, DbOpenError},
+    links::LinkCodes,
+    server::ServiceSet,
+};
+use tonic::transport::{Channel, Endpoint};
+
+pub use service::{Relationships, RelationshipsConfig};
+
+/// The service name stamped into relationships' database and its tokens.
+pub const SERVICE: &str = "relationships";
+
+/// Opens (and migrates) relationships' database.
+pub async fn open_database(settings: &Settings) -> Result<Db, DbOpenError> {
+    let db = Db::connect(
+        SERVICE,
+        &settings.relationships.database_url,
+        settings.relationships.max_connections,
+    )
+    .await?;
+    db.prepare(&settings.instance.name, SERVICE, store::MIGRATIONS)
+        .await?;
+    Ok(db)
+}
+
+/// A lazily connected channel to another Sovra service at `url`.
+pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Builds the service over an opened database. `identity` serves access
+/// checks and tenants; `grant_push` carries the outbox's grant changes
+/// (usually the same endpoint).
+pub fn build(
+    settings: &Settings,
+    db: Db,
+    authority: Authority,
+    clock: SharedClock,
+    identity: Channel,
+    grant_push: Channel,
+) -> Relationships {
+    let rel = &settings.relationships;
+    let links = LinkCodes::new(
+        authority.keyring(),
+        &settings.instance.name,
+        &settings.instance.public_url,
+    );
+    let outbox = outbox::Outbox::new(
+        db.clone(),
+        Arc::new(identity::IdentityClient::new(grant_push, authority.clone())),
+        clock.clone(),
+        Duration::from_millis(rel.outbox_poll_interval_ms),
+        rel.outbox_max_backoff_ms as i64,
+    );
+    Relationships::new(
+        db,
+        Arc::new(identity::IdentityClient::new(identity, authority)),
+        outbox,
+        links,
+        clock,
+        RelationshipsConfig::from_settings(settings),
+    )
+}
+
+impl Relationships {
+    /// Adds the four relationships services, behind the authenticator, to `set`.
+    pub fn register(&self, set: &mut ServiceSet, auth: &Authenticator) {
+        set.routes
+            .add_service(CustomerServiceServer::with_interceptor(
+                self.clone(),
+                auth.clone(),
+            ))
+            .add_service(ResellerServiceServer::with_interceptor(
+                self.clone(),
+                auth.clone(),
+            ))
+            .add_service(DelegatedAdminServiceServer::with_interceptor(
+                self.clone(),
+                auth.clone(),
+            ))
+            .add_service(ServiceRequestServiceServer::with_interceptor(
+                self.clone(),
+                auth.clone(),
+            ));
+        set.names.extend([
+            customer_service_server::SERVICE_NAME,
+            reseller_service_server::SERVICE_NAME,
+            delegated_admin_service_server::SERVICE_NAME,
+            service_request_service_server::SERVICE_NAME,
+        ]);
+    }
+
+    /// The outbox sweep and hourly housekeeping, until aborted.
+    pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let this = self.clone();
+        let housekeeping = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                if let Err(e) = this.housekeep().await {
+                    tracing::warn!(error = %e, "relationships housekeeping failed; will retry");
+                }
+            }
+        });
+        vec![self.outbox().spawn(), housekeeping]
+    }
+}

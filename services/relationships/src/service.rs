@@ -1,0 +1,316 @@
+//! The relationships service's shared state and the steps every handler
+//! takes: who is calling, may they (asked of identity), record what they did.
+
+use std::sync::Arc;
+
+use sovra_proto::identity::v1 as idpb;
+pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
+use sovra_runtime::{
+    audit,
+    auth::{Caller, UserCaller},
+    clock::{Millis, SharedClock},
+    config::Settings,
+    db::{Db, Tx},
+    features::{Feature, FeatureFlags},
+    idempotency::Idempotency,
+    ids::TenantId,
+    links::LinkCodes,
+    Error,
+};
+use tonic::Request;
+
+use crate::{
+    identity::{Access, IdentityClient},
+    outbox::Outbox,
+    store::customers,
+};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// What relationships needs from configuration.
+#[derive(Debug, Clone)]
+pub struct RelationshipsConfig {
+    pub instance: String,
+    pub features: FeatureFlags,
+    pub link_ttl_ms: i64,
+    pub idempotency_retention_ms: i64,
+}
+
+impl RelationshipsConfig {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            instance: s.instance.name.clone(),
+            features: s.features,
+            link_ttl_ms: s.relationships.link_ttl_days as i64 * DAY_MS,
+            idempotency_retention_ms: s.relationships.idempotency_retention_hours as i64
+                * 60
+                * 60
+                * 1000,
+        }
+    }
+}
+
+/// The relationships service: one value implements all four gRPC services.
+#[derive(Clone)]
+pub struct Relationships {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub db: Db,
+    pub identity: Arc<IdentityClient>,
+    pub outbox: Outbox,
+    pub links: LinkCodes,
+    pub clock: SharedClock,
+    pub cfg: RelationshipsConfig,
+}
+
+impl Relationships {
+    pub fn new(
+        db: Db,
+        identity: Arc<IdentityClient>,
+        outbox: Outbox,
+        links: LinkCodes,
+        clock: SharedClock,
+        cfg: RelationshipsConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                identity,
+                outbox,
+                links,
+                clock,
+                cfg,
+            }),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Millis {
+        self.inner.clock.now_ms()
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub(crate) fn identity(&self) -> &IdentityClient {
+        &self.inner.identity
+    }
+
+    pub(crate) fn links(&self) -> &LinkCodes {
+        &self.inner.links
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.inner.outbox
+    }
+
+    pub(crate) fn cfg(&self) -> &RelationshipsConfig {
+        &self.inner.cfg
+    }
+
+    pub(crate) fn tenant_id(&self, field: &str, value: &str) -> Result<TenantId, Error> {
+        TenantId::parse(field, value, &self.inner.cfg.instance)
+    }
+
+    /// A disabled capability is FAILED_PRECONDITION naming it and the instance.
+    pub(crate) fn require_feature(&self, f: Feature) -> Result<(), Error> {
+        if self.cfg().features.is_enabled(f) {
+            Ok(())
+        } else {
+            Err(Error::failed_precondition(
+                "FEATURE_DISABLED",
+                format!(
+                    "the `{}` feature is turned off in instance `{}`",
+                    f.name(),
+                    self.cfg().instance
+                ),
+            ))
+        }
+    }
+
+    /// The signed-in user, or PERMISSION_DENIED for the operator and services.
+    pub(crate) fn user<'c>(&self, ctx: &'c Ctx) -> Result<&'c UserCaller, Error> {
+        match &ctx.caller {
+            Caller::User(u) => Ok(u),
+            _ => Err(Error::permission_denied(
+                "USER_REQUIRED",
+                "this call acts inside a tenant and needs a signed-in user's token",
+            )),
+        }
+    }
+
+    /// What identity says about the user doing `p` in `tenant`.
+    pub(crate) async fn check(
+        &self,
+        ctx: &Ctx,
+        tenant: &TenantId,
+        p: idpb::Permission,
+    ) -> Result<Access, Error> {
+        let u = self.user(ctx)?;
+        self.identity()
+            .check(&u.user_id, tenant.as_str(), p, &ctx.trace_id)
+            .await
+    }
+
+    /// Requires the user to be allowed `p` in `tenant`. A tenant the user's
+    /// company has nothing to do with answers NOT_FOUND, so it can't be probed.
+    pub(crate) async fn require(
+        &self,
+        ctx: &Ctx,
+        tenant: &TenantId,
+        p: idpb::Permission,
+    ) -> Result<Access, Error> {
+        let access = self.check(ctx, tenant, p).await?;
+        if access.allowed {
+            return Ok(access);
+        }
+        Err(self.denied(ctx, tenant, access.reason).await?)
+    }
+
+    /// The refusal for a user not allowed in `tenant`: PERMISSION_DENIED with
+    /// identity's reason when the user's company is related to it, else NOT_FOUND.
+    pub(crate) async fn denied(
+        &self,
+        ctx: &Ctx,
+        tenant: &TenantId,
+        reason: String,
+    ) -> Result<Error, Error> {
+        let u = self.user(ctx)?;
+        let related = u.tenant_id == tenant.as_str()
+            || customers::get(self.db().read(), &u.tenant_id, tenant.as_str())
+                .await?
+                .is_some();
+        Ok(if related {
+            Error::permission_denied("PERMISSION_DENIED", reason)
+        } else {
+            Error::not_found("TENANT_NOT_FOUND", format!("tenant {tenant} not found"))
+        })
+    }
+
+    /// Requires a global admin of `customer` acting in its own name (a
+    /// partner's delegated rights do not accept or end partner relationships).
+    pub(crate) async fn require_customer_global_admin(
+        &self,
+        ctx: &Ctx,
+        customer: &TenantId,
+        what: &str,
+    ) -> Result<(), Error> {
+        let u = self.user(ctx)?;
+        let refuse = || {
+            Error::permission_denied(
+                "CUSTOMER_GLOBAL_ADMIN_REQUIRED",
+                format!("only a global admin of tenant {customer} may {what}"),
+            )
+        };
+        if u.tenant_id != customer.as_str() {
+            return Err(refuse());
+        }
+        let access = self
+            .check(ctx, customer, idpb::Permission::PartnerRelationshipsManage)
+            .await?;
+        if access.own_role() {
+            Ok(())
+        } else {
+            Err(refuse())
+        }
+    }
+
+    /// The partner tenant, which must be active and hold one of `programs`.
+    pub(crate) async fn partner(
+        &self,
+        ctx: &Ctx,
+        partner: &TenantId,
+        programs: &[idpb::PartnerAuthorization],
+    ) -> Result<idpb::Tenant, Error> {
+        let t = self
+            .identity()
+            .tenant("partner_tenant_id", partner.as_str(), &ctx.trace_id)
+            .await?;
+        if t.kind() != idpb::TenantKind::Partner {
+            return Err(Error::invalid(
+                "partner_tenant_id",
+                "names a customer tenant, not a partner",
+            ));
+        }
+        if t.partner_status() == idpb::PartnerStatus::Suspended {
+            return Err(Error::failed_precondition(
+                "PARTNER_SUSPENDED",
+                format!("partner {partner} is suspended; the operator must reinstate it first"),
+            ));
+        }
+        if !programs.is_empty()
+            && !t
+                .partner_authorizations()
+                .any(|a| programs.contains(&a))
+        {
+            let names: Vec<&str> = programs.iter().map(|p| program_name(*p)).collect();
+            return Err(Error::failed_precondition(
+                "PARTNER_NOT_AUTHORIZED",
+                format!(
+                    "partner {partner} is not authorized {}; the operator grants partner programs",
+                    names.join(" or ")
+                ),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// The customer tenant named in `field`, which must be a customer.
+    pub(crate) async fn customer(
+        &self,
+        ctx: &Ctx,
+        field: &str,
+        customer: &TenantId,
+    ) -> Result<idpb::Tenant, Error> {
+        let t = self
+            .identity()
+            .tenant(field, customer.as_str(), &ctx.trace_id)
+            .await?;
+        if t.kind() != idpb::TenantKind::Customer {
+            return Err(Error::failed_precondition(
+                "NOT_A_CUSTOMER",
+                format!("tenant {customer} is a partner tenant; only customer tenants accept partner relationships"),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Audits, remembers and commits; see [`audit::commit`].
+    pub(crate) async fn commit<M: prost::Message>(
+        &self,
+        tx: Tx,
+        ctx: &Ctx,
+        change: Option<Change<'_>>,
+        request_id: &str,
+        idem: &Option<Idempotency>,
+        resp: &M,
+    ) -> Result<(), Error> {
+        audit::commit(tx, self.now(), ctx, change, request_id, idem, resp).await
+    }
+
+    /// Forgets old request ids, once.
+    pub async fn housekeep(&self) -> Result<u64, Error> {
+        sovra_runtime::idempotency::expire(
+            self.db(),
+            self.now() - self.cfg().idempotency_retention_ms,
+        )
+        .await
+    }
+}
+
+pub(crate) fn ctx<T>(req: &Request<T>) -> Result<Ctx, Error> {
+    Ctx::of(req)
+}
+
+/// A partner program's wire name, for messages.
+pub(crate) fn program_name(p: idpb::PartnerAuthorization) -> &'static str {
+    match p {
+        idpb::PartnerAuthorization::DelegatedAdmin => "DELEGATED_ADMIN",
+        idpb::PartnerAuthorization::SubscriptionAdvisor => "SUBSCRIPTION_ADVISOR",
+        idpb::PartnerAuthorization::ServiceProvider => "SERVICE_PROVIDER",
+        idpb::PartnerAuthorization::CloudReseller => "CLOUD_RESELLER",
+        idpb::PartnerAuthorization::Unspecified => "UNSPECIFIED",
+    }
+}

@@ -1,0 +1,286 @@
+//! The `partner_customers` table: one row per partner and customer with the
+//! relationships between them, and the paged, searchable customer list.
+
+use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row};
+
+use super::corrupt;
+use crate::domain::{
+    search::{branch_bound, key, merge_page, Hit, KeyRange, Page, Position},
+    states::{DelegatedState, RelationshipKind},
+};
+
+#[derive(Debug, Clone)]
+pub struct CustomerRow {
+    pub partner_tenant_id: String,
+    pub customer_tenant_id: String,
+    pub display_name: String,
+    pub primary_domain: String,
+    pub reseller_request_id: Option<String>,
+    pub reseller_since: Option<Millis>,
+    pub advisor: bool,
+    pub partner_of_record: bool,
+    pub delegated_state: Option<DelegatedState>,
+    pub delegated_relationship_id: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    name_key: String,
+    domain_key: String,
+}
+
+impl CustomerRow {
+    /// The relationship kinds currently held.
+    pub fn kinds(&self) -> Vec<RelationshipKind> {
+        let mut v = Vec::new();
+        if self.reseller_request_id.is_some() {
+            v.push(RelationshipKind::Reseller);
+        }
+        if self.advisor {
+            v.push(RelationshipKind::Advisor);
+        }
+        if self.delegated_state == Some(DelegatedState::Active) {
+            v.push(RelationshipKind::DelegatedAdmin);
+        }
+        if self.partner_of_record {
+            v.push(RelationshipKind::PartnerOfRecord);
+        }
+        v
+    }
+}
+
+const COLUMNS: &str = "partner_tenant_id, customer_tenant_id, display_name, primary_domain, \
+     name_key, domain_key, reseller_request_id, reseller_since, advisor, partner_of_record, \
+     delegated_state, delegated_relationship_id, created_at, updated_at";
+
+/// Rows holding at least one current relationship.
+const ANY_RELATIONSHIP: &str = "(reseller_request_id IS NOT NULL OR advisor = 1 \
+     OR partner_of_record = 1 OR delegated_state = 'ACTIVE')";
+
+fn from_row(r: &AnyRow) -> Result<CustomerRow, Error> {
+    let customer: String = r.try_get("customer_tenant_id")?;
+    let delegated: Option<String> = r.try_get("delegated_state")?;
+    let delegated_state = match delegated {
+        None => None,
+        Some(s) => Some(
+            DelegatedState::from_stored(&s)
+                .ok_or_else(|| corrupt("partner_customers", &customer, "delegated_state"))?,
+        ),
+    };
+    Ok(CustomerRow {
+        partner_tenant_id: r.try_get("partner_tenant_id")?,
+        display_name: r.try_get("display_name")?,
+        primary_domain: r.try_get("primary_domain")?,
+        name_key: r.try_get("name_key")?,
+        domain_key: r.try_get("domain_key")?,
+        reseller_request_id: r.try_get("reseller_request_id")?,
+        reseller_since: r.try_get("reseller_since")?,
+        advisor: r.try_get::<i64, _>("advisor")? != 0,
+        partner_of_record: r.try_get::<i64, _>("partner_of_record")? != 0,
+        delegated_state,
+        delegated_relationship_id: r.try_get("delegated_relationship_id")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        customer_tenant_id: customer,
+    })
+}
+
+/// Makes sure the pair has a row, refreshing the customer's name and domain.
+pub async fn touch(
+    tx: &mut Tx,
+    partner: &str,
+    customer: &str,
+    name: &str,
+    domain: &str,
+    now: Millis,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO partner_customers (partner_tenant_id, customer_tenant_id, display_name, \
+         primary_domain, name_key, domain_key, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+         ON CONFLICT (partner_tenant_id, customer_tenant_id) DO UPDATE SET \
+         display_name = excluded.display_name, primary_domain = excluded.primary_domain, \
+         name_key = excluded.name_key, domain_key = excluded.domain_key, updated_at = excluded.updated_at",
+    )
+    .bind(partner)
+    .bind(customer)
+    .bind(name)
+    .bind(domain)
+    .bind(key(name))
+    .bind(key(domain))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records the accepted reseller request, unless one already was. Returns
+/// whether this call set it.
+pub async fn set_reseller(
+    tx: &mut Tx,
+    partner: &str,
+    customer: &str,
+    request_id: &str,
+    now: Millis,
+) -> Result<bool, Error> {
+    let r = sqlx::query(
+        "UPDATE partner_customers SET reseller_request_id = $3, reseller_since = $4, updated_at = $4 \
+         WHERE partner_tenant_id = $1 AND customer_tenant_id = $2 AND reseller_request_id IS NULL",
+    )
+    .bind(partner)
+    .bind(customer)
+    .bind(request_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn set_delegated(
+    tx: &mut Tx,
+    partner: &str,
+    customer: &str,
+    state: DelegatedState,
+    relationship_id: &str,
+    now: Millis,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE partner_customers SET delegated_state = $3, delegated_relationship_id = $4, updated_at = $5 \
+         WHERE partner_tenant_id = $1 AND customer_tenant_id = $2",
+    )
+    .bind(partner)
+    .bind(customer)
+    .bind(state.as_str())
+    .bind(relationship_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn get<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    partner: &str,
+    customer: &str,
+) -> Result<Option<CustomerRow>, Error> {
+    let q = format!(
+        "SELECT {COLUMNS} FROM partner_customers WHERE partner_tenant_id = $1 AND customer_tenant_id = $2"
+    );
+    sqlx::query(&q)
+        .bind(partner)
+        .bind(customer)
+        .fetch_optional(ex)
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
+}
+
+/// Every partner of a customer with a current relationship (a customer has few).
+pub async fn partners_of(pool: &AnyPool, customer: &str) -> Result<Vec<CustomerRow>, Error> {
+    let q = format!(
+        "SELECT {COLUMNS} FROM partner_customers WHERE customer_tenant_id = $1 AND {ANY_RELATIONSHIP} \
+         ORDER BY partner_tenant_id LIMIT 1000"
+    );
+    sqlx::query(&q)
+        .bind(customer)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+}
+
+/// What to list.
+#[derive(Debug, Clone)]
+pub struct CustomerQuery<'a> {
+    pub partner: &'a str,
+    /// Name or domain prefix; empty for all.
+    pub query: &'a str,
+    pub relationship: Option<RelationshipKind>,
+    pub after: Option<Position>,
+    pub limit: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Branch {
+    Name,
+    Domain,
+}
+
+/// One page of a partner's customers: two index range scans (by name key,
+/// and by domain key for customers whose name does not match) merged.
+pub async fn page(pool: &AnyPool, q: &CustomerQuery<'_>) -> Result<Page<CustomerRow>, Error> {
+    let range = if q.query.trim().is_empty() {
+        KeyRange::all()
+    } else {
+        KeyRange::prefix(q.query)
+    };
+    let names = branch(pool, Branch::Name, &range, q, None).await?;
+    let domains = if q.query.trim().is_empty() {
+        Vec::new()
+    } else {
+        let upto = branch_bound(&names, q.limit);
+        branch(pool, Branch::Domain, &range, q, upto).await?
+    };
+    Ok(merge_page(names, domains, q.limit))
+}
+
+async fn branch(
+    pool: &AnyPool,
+    b: Branch,
+    range: &KeyRange,
+    q: &CustomerQuery<'_>,
+    upto: Option<Position>,
+) -> Result<Vec<Hit<CustomerRow>>, Error> {
+    let k = if b == Branch::Name { "name_key" } else { "domain_key" };
+    let filter = match q.relationship {
+        None => ANY_RELATIONSHIP,
+        Some(RelationshipKind::Reseller) => "reseller_request_id IS NOT NULL",
+        Some(RelationshipKind::Advisor) => "advisor = 1",
+        Some(RelationshipKind::DelegatedAdmin) => "delegated_state = 'ACTIVE'",
+        Some(RelationshipKind::PartnerOfRecord) => "partner_of_record = 1",
+    };
+    let (after_key, after_id) = q.after.clone().unwrap_or((range.lo.clone(), String::new()));
+    let mut sql = format!(
+        "SELECT {COLUMNS} FROM partner_customers WHERE partner_tenant_id = $1 \
+         AND {k} >= $2 AND {k} < $3 AND {k} >= $4 AND ({k} > $4 OR customer_tenant_id > $5) AND {filter}"
+    );
+    if b == Branch::Domain {
+        // Customers whose name matches come from the name branch.
+        sql.push_str(" AND NOT (name_key >= $2 AND name_key < $3)");
+    }
+    if upto.is_some() {
+        sql.push_str(&format!(
+            " AND {k} <= $6 AND ({k} < $6 OR customer_tenant_id <= $7)"
+        ));
+    }
+    sql.push_str(&format!(
+        " ORDER BY {k}, customer_tenant_id LIMIT {}",
+        q.limit + 1
+    ));
+    let mut query = sqlx::query(&sql)
+        .bind(q.partner)
+        .bind(&range.lo)
+        .bind(&range.hi)
+        .bind(after_key)
+        .bind(after_id);
+    if let Some((uk, uid)) = upto {
+        query = query.bind(uk).bind(uid);
+    }
+    query
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let row = from_row(r)?;
+            Ok(Hit {
+                key: if b == Branch::Name {
+                    row.name_key.clone()
+                } else {
+                    row.domain_key.clone()
+                },
+                id: row.customer_tenant_id.clone(),
+                item: row,
+            })
+        })
+        .collect()
+}

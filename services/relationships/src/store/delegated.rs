@@ -1,0 +1,193 @@
+//! The `delegated_admin_relationships` table, the per-customer lock that
+//! serialises changes to it, and the grant versions identity expects.
+
+use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sqlx::{any::AnyRow, Any, Executor, Row};
+
+use super::corrupt;
+use crate::domain::states::DelegatedState;
+
+#[derive(Debug, Clone)]
+pub struct Relationship {
+    pub id: String,
+    pub partner_tenant_id: String,
+    pub customer_tenant_id: String,
+    pub state: DelegatedState,
+    pub offer_id: String,
+    pub reassigned_to: Option<String>,
+    pub version: i64,
+    pub created_at: Millis,
+    pub activated_at: Option<Millis>,
+    pub ended_at: Option<Millis>,
+    pub updated_at: Millis,
+}
+
+const COLUMNS: &str = "id, partner_tenant_id, customer_tenant_id, state, offer_id, reassigned_to, \
+                       version, created_at, activated_at, ended_at, updated_at";
+
+fn from_row(r: &AnyRow) -> Result<Relationship, Error> {
+    let id: String = r.try_get("id")?;
+    let state: String = r.try_get("state")?;
+    Ok(Relationship {
+        state: DelegatedState::from_stored(&state)
+            .ok_or_else(|| corrupt("delegated_admin_relationships", &id, "state"))?,
+        partner_tenant_id: r.try_get("partner_tenant_id")?,
+        customer_tenant_id: r.try_get("customer_tenant_id")?,
+        offer_id: r.try_get("offer_id")?,
+        reassigned_to: r.try_get("reassigned_to")?,
+        version: r.try_get("version")?,
+        created_at: r.try_get("created_at")?,
+        activated_at: r.try_get("activated_at")?,
+        ended_at: r.try_get("ended_at")?,
+        updated_at: r.try_get("updated_at")?,
+        id,
+    })
+}
+
+/// Takes the customer's row lock for the rest of the transaction, so
+/// concurrent acceptances, removals and reassignments of one customer run
+/// one after another (PostgreSQL; SQLite has one writer anyway).
+pub async fn lock_customer(tx: &mut Tx, customer: &str) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO customer_locks (customer_tenant_id, n) VALUES ($1, 1) \
+         ON CONFLICT (customer_tenant_id) DO UPDATE SET n = customer_locks.n + 1",
+    )
+    .bind(customer)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The next grant version for the pair (1 for the first change).
+pub async fn next_grant_version(tx: &mut Tx, customer: &str, partner: &str) -> Result<i64, Error> {
+    let (v,): (i64,) = sqlx::query_as(
+        "INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) VALUES ($1, $2, 1) \
+         ON CONFLICT (customer_tenant_id, partner_tenant_id) DO UPDATE SET version = grant_versions.version + 1 \
+         RETURNING version",
+    )
+    .bind(customer)
+    .bind(partner)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(v)
+}
+
+pub async fn active_for_customer(tx: &mut Tx, customer: &str) -> Result<Option<Relationship>, Error> {
+    let q = format!(
+        "SELECT {COLUMNS} FROM delegated_admin_relationships WHERE customer_tenant_id = $1 AND state = 'ACTIVE'"
+    );
+    sqlx::query(&q)
+        .bind(customer)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
+}
+
+/// The PENDING relationship an offer made to this customer created.
+pub async fn pending_for_offer(
+    tx: &mut Tx,
+    offer_id: &str,
+    customer: &str,
+) -> Result<Option<Relationship>, Error> {
+    let q = format!(
+        "SELECT {COLUMNS} FROM delegated_admin_relationships \
+         WHERE offer_id = $1 AND customer_tenant_id = $2 AND state = 'PENDING'"
+    );
+    sqlx::query(&q)
+        .bind(offer_id)
+        .bind(customer)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
+}
+
+pub async fn get<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    id: &str,
+) -> Result<Option<Relationship>, Error> {
+    let q = format!("SELECT {COLUMNS} FROM delegated_admin_relationships WHERE id = $1");
+    sqlx::query(&q)
+        .bind(id)
+        .fetch_optional(ex)
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
+}
+
+pub async fn insert(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO delegated_admin_relationships (id, partner_tenant_id, customer_tenant_id, state, \
+         offer_id, reassigned_to, version, created_at, activated_at, ended_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&r.id)
+    .bind(&r.partner_tenant_id)
+    .bind(&r.customer_tenant_id)
+    .bind(r.state.as_str())
+    .bind(&r.offer_id)
+    .bind(&r.reassigned_to)
+    .bind(r.version)
+    .bind(r.created_at)
+    .bind(r.activated_at)
+    .bind(r.ended_at)
+    .bind(r.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes back a changed relationship (state, times, reassignment, version).
+pub async fn update(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE delegated_admin_relationships SET state = $2, reassigned_to = $3, version = $4, \
+         activated_at = $5, ended_at = $6, updated_at = $7 WHERE id = $1",
+    )
+    .bind(&r.id)
+    .bind(r.state.as_str())
+    .bind(&r.reassigned_to)
+    .bind(r.version)
+    .bind(r.activated_at)
+    .bind(r.ended_at)
+    .bind(r.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Which side's relationships to list.
+#[derive(Debug, Clone, Copy)]
+pub enum Side<'a> {
+    Partner(&'a str),
+    Customer(&'a str),
+}
+
+/// Newest first (ids are UUIDv7), after `before` (exclusive).
+pub async fn list<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    side: Side<'_>,
+    state: Option<DelegatedState>,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Relationship>, Error> {
+    let (col, tenant) = match side {
+        Side::Partner(t) => ("partner_tenant_id", t),
+        Side::Customer(t) => ("customer_tenant_id", t),
+    };
+    let q = format!(
+        "SELECT {COLUMNS} FROM delegated_admin_relationships WHERE {col} = $1 AND id < $2 \
+         AND ($3 = '' OR state = $3) ORDER BY id DESC LIMIT $4"
+    );
+    sqlx::query(&q)
+        .bind(tenant)
+        // Every UUID sorts below "g".
+        .bind(before.unwrap_or("g"))
+        .bind(state.map(|s| s.as_str()).unwrap_or(""))
+        .bind(limit)
+        .fetch_all(ex)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+}

@@ -1,0 +1,119 @@
+//! The `grant_outbox` table: delegated-grant changes identity has not yet
+//! acknowledged. Rows are written in the change's own transaction and
+//! deleted when identity answers.
+
+use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sqlx::{any::AnyRow, Any, Executor, Row};
+
+use crate::domain::states::DelegatedState;
+
+#[derive(Debug, Clone)]
+pub struct GrantChange {
+    pub id: String,
+    pub partner_tenant_id: String,
+    pub customer_tenant_id: String,
+    pub relationship_id: String,
+    pub state: String,
+    pub version: i64,
+    pub attempts: i64,
+}
+
+fn from_row(r: &AnyRow) -> Result<GrantChange, Error> {
+    Ok(GrantChange {
+        id: r.try_get("id")?,
+        partner_tenant_id: r.try_get("partner_tenant_id")?,
+        customer_tenant_id: r.try_get("customer_tenant_id")?,
+        relationship_id: r.try_get("relationship_id")?,
+        state: r.try_get("state")?,
+        version: r.try_get("version")?,
+        attempts: r.try_get("attempts")?,
+    })
+}
+
+pub async fn enqueue(
+    tx: &mut Tx,
+    partner: &str,
+    customer: &str,
+    relationship_id: &str,
+    state: DelegatedState,
+    version: i64,
+    now: Millis,
+) -> Result<GrantChange, Error> {
+    let change = GrantChange {
+        id: uuid::Uuid::now_v7().to_string(),
+        partner_tenant_id: partner.to_owned(),
+        customer_tenant_id: customer.to_owned(),
+        relationship_id: relationship_id.to_owned(),
+        state: state.as_str().to_owned(),
+        version,
+        attempts: 0,
+    };
+    sqlx::query(
+        "INSERT INTO grant_outbox (id, partner_tenant_id, customer_tenant_id, relationship_id, state, \
+         version, created_at, attempts, next_attempt_at, last_error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7, '')",
+    )
+    .bind(&change.id)
+    .bind(partner)
+    .bind(customer)
+    .bind(relationship_id)
+    .bind(state.as_str())
+    .bind(version)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(change)
+}
+
+/// Changes due for delivery, oldest first.
+pub async fn due<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    now: Millis,
+    limit: i64,
+) -> Result<Vec<GrantChange>, Error> {
+    sqlx::query(
+        "SELECT id, partner_tenant_id, customer_tenant_id, relationship_id, state, version, attempts \
+         FROM grant_outbox WHERE next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(ex)
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+pub async fn delivered<'e, E: Executor<'e, Database = Any>>(ex: E, id: &str) -> Result<(), Error> {
+    sqlx::query("DELETE FROM grant_outbox WHERE id = $1")
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn failed<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    id: &str,
+    next_attempt_at: Millis,
+    error: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE grant_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(next_attempt_at)
+    .bind(error)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Undelivered changes and the oldest one's age base.
+pub async fn depth<'e, E: Executor<'e, Database = Any>>(ex: E) -> Result<(i64, Option<Millis>), Error> {
+    let (n, oldest): (i64, Option<i64>) =
+        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM grant_outbox")
+            .fetch_one(ex)
+            .await?;
+    Ok((n, oldest))
+}
