@@ -3,7 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 use sovra_runtime::{
     audit,
     auth::{Authority, Caller},
@@ -14,6 +13,7 @@ use sovra_runtime::{
     idempotency::Idempotency,
     Error,
 };
+pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 use tonic::Request;
 
 use crate::{
@@ -141,9 +141,11 @@ impl Identity {
             return Ok(None);
         };
         let kind = TenantKind::from_stored(&row.tenant_kind).unwrap_or(TenantKind::Customer);
-        let grant_active = row.tenant_id != tenant_id
-            && kind == TenantKind::Partner
-            && grants::is_active(self.db().read(), &row.tenant_id, tenant_id).await?;
+        let grant = if row.tenant_id != tenant_id && kind == TenantKind::Partner {
+            grants::state(self.db().read(), &row.tenant_id, tenant_id).await?
+        } else {
+            None
+        };
         let subject = Subject {
             user_id: user_id.to_owned(),
             tenant_id: row.tenant_id,
@@ -153,7 +155,7 @@ impl Identity {
             deleted: row.deleted,
             blocked: row.blocked,
         };
-        Ok(Some(policy::decide(&subject, tenant_id, p, grant_active)))
+        Ok(Some(policy::decide(&subject, tenant_id, p, grant)))
     }
 
     /// Requires a signed-in user allowed to do `p` in `tenant`. A tenant the

@@ -61,9 +61,7 @@ impl IdentityClient {
             .filter(|t| t.expires_at - now > RENEW_BEFORE_MS)
             .cloned();
         let token = fresh.unwrap_or_else(|| {
-            let t = self
-                .authority
-                .issue_service(crate::SERVICE, TOKEN_TTL_SECS);
+            let t = self.authority.issue_service(crate::SERVICE, TOKEN_TTL_SECS);
             *slot = Some(t.clone());
             t
         });
@@ -98,7 +96,8 @@ impl IdentityClient {
         permission: idpb::Permission,
         trace_id: &str,
     ) -> Result<Access, Error> {
-        let mut client = idpb::access_service_client::AccessServiceClient::new(self.channel.clone());
+        let mut client =
+            idpb::access_service_client::AccessServiceClient::new(self.channel.clone());
         let resp = client
             .check_access(self.request(
                 idpb::CheckAccessRequest {
@@ -130,7 +129,8 @@ impl IdentityClient {
         tenant_id: &str,
         trace_id: &str,
     ) -> Result<idpb::Tenant, Error> {
-        let mut client = idpb::tenant_service_client::TenantServiceClient::new(self.channel.clone());
+        let mut client =
+            idpb::tenant_service_client::TenantServiceClient::new(self.channel.clone());
         let resp = client
             .get_tenant(self.request(
                 idpb::GetTenantRequest {
@@ -140,11 +140,10 @@ impl IdentityClient {
             ))
             .await
             .map_err(|s| match s.code() {
-                Code::NotFound => Error::not_found(
-                    "TENANT_NOT_FOUND",
-                    format!("tenant {tenant_id} not found"),
-                )
-                .with_violation(field, "not found"),
+                Code::NotFound => {
+                    Error::not_found("TENANT_NOT_FOUND", format!("tenant {tenant_id} not found"))
+                        .with_violation(field, "not found")
+                }
                 _ => from_identity(s),
             })?;
         resp.into_inner()
@@ -157,7 +156,8 @@ impl IdentityClient {
         &self,
         grant: idpb::ApplyDelegatedGrantRequest,
     ) -> Result<idpb::ApplyDelegatedGrantResponse, Status> {
-        let mut client = idpb::access_service_client::AccessServiceClient::new(self.channel.clone());
+        let mut client =
+            idpb::access_service_client::AccessServiceClient::new(self.channel.clone());
         Ok(client
             .apply_delegated_grant(self.request(grant, ""))
             .await?
@@ -173,10 +173,6 @@ fn from_identity(s: Status) -> Error {
             "IDENTITY_UNAVAILABLE",
             "the identity service is unavailable; retry shortly",
         ),
-        _ => Error::internal(format!(
-            "identity answered {:?}: {}",
-            s.code(),
-            s.message()
-        )),
+        _ => Error::internal(format!("identity answered {:?}: {}", s.code(), s.message())),
     }
 }

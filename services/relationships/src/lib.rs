@@ -75,7 +75,8 @@ pub fn build(
     let outbox = outbox::Outbox::new(
         db.clone(),
         Arc::new(identity::IdentityClient::new(grant_push, authority.clone())),
-        clock.clone(),
+        // Retries wait on real time, whatever clock the business rules use.
+        Arc::new(sovra_runtime::clock::SystemClock),
         Duration::from_millis(rel.outbox_poll_interval_ms),
         rel.outbox_max_backoff_ms as i64,
     );

@@ -60,10 +60,17 @@ impl Outbox {
         for c in &due {
             match self.deliver(c).await {
                 Ok(()) => delivered += 1,
-                Err(e) => tracing::warn!(error = %e, change = %c.id, attempts = c.attempts + 1, "grant delivery failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, change = %c.id, attempts = c.attempts + 1, "grant delivery failed; will retry")
+                }
             }
         }
         Ok(delivered)
+    }
+
+    /// The outbox's own (wall) clock: stamps and schedules its rows.
+    pub fn now(&self) -> sovra_runtime::clock::Millis {
+        self.clock.now_ms()
     }
 
     /// Asks the background sweep to run now.
@@ -82,13 +89,21 @@ impl Outbox {
             Some(DelegatedState::Active) => idpb::DelegatedGrantState::Active,
             Some(DelegatedState::Removed) => idpb::DelegatedGrantState::Removed,
             Some(DelegatedState::Reassigned) => idpb::DelegatedGrantState::Reassigned,
-            _ => return Err(Error::internal(format!("outbox row {} has state {}", c.id, c.state))),
+            _ => {
+                return Err(Error::internal(format!(
+                    "outbox row {} has state {}",
+                    c.id, c.state
+                )))
+            }
         };
         let pushed = self
             .identity
             .apply_grant(idpb::ApplyDelegatedGrantRequest {
                 // Stable per change, so identity replays a repeated delivery.
-                request_id: format!("grant:{}:{}:{}", c.customer_tenant_id, c.partner_tenant_id, c.version),
+                request_id: format!(
+                    "grant:{}:{}:{}",
+                    c.customer_tenant_id, c.partner_tenant_id, c.version
+                ),
                 partner_tenant_id: c.partner_tenant_id.clone(),
                 customer_tenant_id: c.customer_tenant_id.clone(),
                 relationship_id: c.relationship_id.clone(),
@@ -102,7 +117,8 @@ impl Outbox {
                 Ok(())
             }
             Err(status) => {
-                let backoff = (FIRST_BACKOFF_MS << c.attempts.clamp(0, 20)).min(self.max_backoff_ms);
+                let backoff =
+                    (FIRST_BACKOFF_MS << c.attempts.clamp(0, 20)).min(self.max_backoff_ms);
                 let why = format!("{:?}: {}", status.code(), status.message());
                 outbox::failed(self.db.write(), &c.id, self.clock.now_ms() + backoff, &why).await?;
                 Err(Error::unavailable("IDENTITY_UNAVAILABLE", why))

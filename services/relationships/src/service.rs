@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use sovra_proto::identity::v1 as idpb;
-pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 use sovra_runtime::{
     audit,
     auth::{Caller, UserCaller},
@@ -17,6 +16,7 @@ use sovra_runtime::{
     links::LinkCodes,
     Error,
 };
+pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 use tonic::Request;
 
 use crate::{
@@ -240,11 +240,7 @@ impl Relationships {
                 format!("partner {partner} is suspended; the operator must reinstate it first"),
             ));
         }
-        if !programs.is_empty()
-            && !t
-                .partner_authorizations()
-                .any(|a| programs.contains(&a))
-        {
+        if !programs.is_empty() && !t.partner_authorizations().any(|a| programs.contains(&a)) {
             let names: Vec<&str> = programs.iter().map(|p| program_name(*p)).collect();
             return Err(Error::failed_precondition(
                 "PARTNER_NOT_AUTHORIZED",

@@ -351,8 +351,14 @@ impl Settings {
         for (key, value) in [
             ("relationships.max_connections", rel.max_connections as u64),
             ("relationships.link_ttl_days", rel.link_ttl_days as u64),
-            ("relationships.outbox_poll_interval_ms", rel.outbox_poll_interval_ms),
-            ("relationships.outbox_max_backoff_ms", rel.outbox_max_backoff_ms),
+            (
+                "relationships.outbox_poll_interval_ms",
+                rel.outbox_poll_interval_ms,
+            ),
+            (
+                "relationships.outbox_max_backoff_ms",
+                rel.outbox_max_backoff_ms,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));

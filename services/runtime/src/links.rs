@@ -201,7 +201,10 @@ mod tests {
         chars[last] = if chars[last] == 'A' { 'B' } else { 'A' };
         let bad: String = chars.into_iter().collect();
         let e = c.verify("code", "reseller", &bad).unwrap_err();
-        assert!(matches!(e.reason, "LINK_CODE_TAMPERED" | "LINK_CODE_MALFORMED"));
+        assert!(matches!(
+            e.reason,
+            "LINK_CODE_TAMPERED" | "LINK_CODE_MALFORMED"
+        ));
     }
 
     #[test]
@@ -235,7 +238,13 @@ mod tests {
     #[test]
     fn revoked_and_expired_links_are_refused() {
         assert!(check_live("x", 10, None, 9).is_ok());
-        assert_eq!(check_live("x", 10, None, 10).unwrap_err().reason, "LINK_EXPIRED");
-        assert_eq!(check_live("x", 10, Some(1), 5).unwrap_err().reason, "LINK_REVOKED");
+        assert_eq!(
+            check_live("x", 10, None, 10).unwrap_err().reason,
+            "LINK_EXPIRED"
+        );
+        assert_eq!(
+            check_live("x", 10, Some(1), 5).unwrap_err().reason,
+            "LINK_REVOKED"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::{future::Future, net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context;
 use sovra_identity::Identity;
+use sovra_relationships::Relationships;
 use sovra_runtime::{
     auth::{write_secret, Authenticator, Authority, Keyring},
     clock::SharedClock,
@@ -13,12 +14,49 @@ use sovra_runtime::{
     server::{is_loopback, Endpoint, ServiceSet},
 };
 
+/// Which services one process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Services {
+    pub identity: bool,
+    pub relationships: bool,
+}
+
+impl Services {
+    /// Everything, as `sovra up` runs it.
+    pub const ALL: Services = Services {
+        identity: true,
+        relationships: true,
+    };
+
+    /// One service by name, as `sovra serve <name>` runs it.
+    pub fn one(name: &str) -> anyhow::Result<Services> {
+        let none = Services {
+            identity: false,
+            relationships: false,
+        };
+        match name {
+            "identity" => Ok(Services {
+                identity: true,
+                ..none
+            }),
+            "relationships" => Ok(Services {
+                relationships: true,
+                ..none
+            }),
+            _ => anyhow::bail!(
+                "unknown service `{name}`: this build serves `identity` and `relationships`"
+            ),
+        }
+    }
+}
+
 /// A built, bound Sovra, not yet serving.
 pub struct App {
     endpoint: Endpoint,
     set: ServiceSet,
     authority: Authority,
-    identity: Identity,
+    identity: Option<Identity>,
+    relationships: Option<Relationships>,
 }
 
 impl App {
@@ -28,6 +66,16 @@ impl App {
         keyring: Arc<Keyring>,
         clock: SharedClock,
     ) -> anyhow::Result<App> {
+        Self::build_services(settings, keyring, clock, Services::ALL).await
+    }
+
+    /// Opens the databases of `services`, builds them and binds the endpoint.
+    pub async fn build_services(
+        settings: &Settings,
+        keyring: Arc<Keyring>,
+        clock: SharedClock,
+        services: Services,
+    ) -> anyhow::Result<App> {
         let listen = settings.server.listen_addr();
         refuse_plaintext_off_loopback(&listen)?;
         let authority = Authority::new(
@@ -36,19 +84,58 @@ impl App {
             settings.instance.name.clone(),
             clock.clone(),
         );
-        let db = sovra_identity::open_database(settings).await?;
-        let identity = sovra_identity::build(settings, db, authority.clone(), clock)?;
         let auth = Authenticator::new(authority.clone());
         let mut set = ServiceSet::default();
-        identity.register(&mut set, &auth);
+        // Bound first, so services in this process can call each other on it.
         let endpoint = Endpoint::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let identity = if services.identity {
+            let db = sovra_identity::open_database(settings).await?;
+            let identity = sovra_identity::build(settings, db, authority.clone(), clock.clone())?;
+            identity.register(&mut set, &auth);
+            Some(identity)
+        } else {
+            None
+        };
+        let relationships = if services.relationships {
+            let rel = &settings.relationships;
+            let own = format!("http://{}", endpoint.addr());
+            let identity_url = match (rel.identity_url.as_str(), services.identity) {
+                ("", true) => own,
+                ("", false) => anyhow::bail!(
+                    "invalid configuration: relationships.identity_url: must be set when identity is not served by this process"
+                ),
+                (url, _) => url.to_owned(),
+            };
+            let push_url = match rel.grant_push_url.as_str() {
+                "" => identity_url.clone(),
+                url => url.to_owned(),
+            };
+            let channel = |key: &str, url: &str| {
+                sovra_relationships::channel(url)
+                    .with_context(|| format!("invalid configuration: {key}: `{url}`"))
+            };
+            let db = sovra_relationships::open_database(settings).await?;
+            let relationships = sovra_relationships::build(
+                settings,
+                db,
+                authority.clone(),
+                clock,
+                channel("relationships.identity_url", &identity_url)?,
+                channel("relationships.grant_push_url", &push_url)?,
+            );
+            relationships.register(&mut set, &auth);
+            Some(relationships)
+        } else {
+            None
+        };
         Ok(App {
             endpoint,
             set,
             authority,
             identity,
+            relationships,
         })
     }
 
@@ -62,18 +149,31 @@ impl App {
         &self.authority
     }
 
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
     }
 
-    /// Serves until `shutdown` completes, with housekeeping in the background.
+    pub fn relationships(&self) -> Option<&Relationships> {
+        self.relationships.as_ref()
+    }
+
+    /// Serves until `shutdown` completes, with housekeeping and the grant
+    /// outbox in the background.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let housekeeping = self.identity.spawn_housekeeping();
+        let mut background = Vec::new();
+        if let Some(identity) = &self.identity {
+            background.push(identity.spawn_housekeeping());
+        }
+        if let Some(relationships) = &self.relationships {
+            background.extend(relationships.spawn_background());
+        }
         let result = self.endpoint.serve(self.set, shutdown).await;
-        housekeeping.abort();
+        for task in background {
+            task.abort();
+        }
         result.context("the gRPC server failed")
     }
 }

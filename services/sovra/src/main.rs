@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sovra::{ensure_operator_token, App};
+use sovra::{ensure_operator_token, App, Services};
 use sovra_runtime::{
     auth::Keyring,
     clock::SystemClock,
@@ -70,7 +70,7 @@ enum Command {
     },
     /// Run one service from configuration (production shape).
     Serve {
-        /// The service: identity.
+        /// The service: identity or relationships.
         service: String,
         #[command(flatten)]
         config: ConfigArgs,
@@ -123,14 +123,15 @@ async fn up(data_dir: PathBuf, listen: SocketAddr, config: ConfigArgs) -> anyhow
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
-    let db_url = format!(
-        "sqlite://{}?mode=rwc",
-        data_dir.join("identity.db").display()
-    );
+    let db_url = |name: &str| format!("sqlite://{}?mode=rwc", data_dir.join(name).display());
     let key_file = data_dir.join("signing-key.pem");
     let settings = Settings::load(&config.options(vec![
         ("server.listen".into(), listen.to_string()),
-        ("identity.database_url".into(), db_url),
+        ("identity.database_url".into(), db_url("identity.db")),
+        (
+            "relationships.database_url".into(),
+            db_url("relationships.db"),
+        ),
         (
             "auth.signing_key_file".into(),
             key_file.display().to_string(),
@@ -164,12 +165,16 @@ async fn up(data_dir: PathBuf, listen: SocketAddr, config: ConfigArgs) -> anyhow
 
 async fn serve(service: &str, config: ConfigArgs) -> anyhow::Result<()> {
     init_logs(true);
-    if service != "identity" {
-        anyhow::bail!("unknown service `{service}`: this build serves `identity`");
-    }
+    let services = Services::one(service)?;
     let settings = Settings::load(&config.options(Vec::new()))?;
     let keyring = Keyring::load(&settings.auth.signing_key_file)?;
-    let app = App::build(&settings, Arc::new(keyring), Arc::new(SystemClock)).await?;
+    let app = App::build_services(
+        &settings,
+        Arc::new(keyring),
+        Arc::new(SystemClock),
+        services,
+    )
+    .await?;
     tracing::info!(addr = %app.addr(), instance = %settings.instance.name, service, "serving");
     app.run_until_stopped(shutdown_signal()).await
 }
@@ -180,5 +185,11 @@ async fn migrate(config: ConfigArgs) -> anyhow::Result<()> {
     let db = sovra_identity::open_database(&settings).await?;
     db.close().await;
     println!("identity: migrated (instance `{}`)", settings.instance.name);
+    let db = sovra_relationships::open_database(&settings).await?;
+    db.close().await;
+    println!(
+        "relationships: migrated (instance `{}`)",
+        settings.instance.name
+    );
     Ok(())
 }

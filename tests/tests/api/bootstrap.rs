@@ -35,12 +35,11 @@ backend_test!(every_identity_service_reports_serving);
 
 async fn a_database_of_another_instance_is_refused(b: Backend) {
     let db = TestDb::new(b).await;
-    let global = TestApp::start(&settings("global", &db.url), Arc::new(Keyring::generate()))
+    let global = TestApp::start(&settings("global", &db), Arc::new(Keyring::generate()))
         .await
         .unwrap();
     global.stop().await;
-    let err = match TestApp::start(&settings("china", &db.url), Arc::new(Keyring::generate())).await
-    {
+    let err = match TestApp::start(&settings("china", &db), Arc::new(Keyring::generate())).await {
         Ok(_) => panic!("china started on global's database"),
         Err(e) => format!("{e:#}"),
     };
@@ -49,7 +48,7 @@ async fn a_database_of_another_instance_is_refused(b: Backend) {
         "{err}"
     );
     // And global still starts on its own database, data intact.
-    let again = TestApp::start(&settings("global", &db.url), Arc::new(Keyring::generate()))
+    let again = TestApp::start(&settings("global", &db), Arc::new(Keyring::generate()))
         .await
         .unwrap();
     again.stop().await;

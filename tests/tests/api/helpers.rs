@@ -75,28 +75,45 @@ fn config_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config")
 }
 
-/// Settings for a test app of `instance` over `database_url`.
-pub fn settings(instance: &str, database_url: &str) -> Settings {
+/// Settings for a test app of `instance` over the databases of `db`.
+pub fn settings(instance: &str, db: &TestDb) -> Settings {
+    settings_with(instance, db, Vec::new())
+}
+
+/// [`settings`] with more overrides.
+pub fn settings_with(instance: &str, db: &TestDb, more: Vec<(String, String)>) -> Settings {
+    let mut overrides: Vec<(String, String)> = vec![
+        ("server.listen".into(), "127.0.0.1:0".into()),
+        ("identity.database_url".into(), db.url.clone()),
+        ("relationships.database_url".into(), db.rel_url.clone()),
+        // Quick outbox retries keep the outbox tests short.
+        ("relationships.outbox_poll_interval_ms".into(), "50".into()),
+        ("relationships.outbox_max_backoff_ms".into(), "200".into()),
+    ];
+    overrides.extend(more);
     Settings::load(&LoadOptions {
         config_dir: Some(config_dir()),
         instance: Some(instance.into()),
-        overrides: vec![
-            ("server.listen".into(), "127.0.0.1:0".into()),
-            ("identity.database_url".into(), database_url.into()),
-            // Cheap hashes keep the suite fast; the algorithm is the same.
-            ("identity.password_memory_kib".into(), "64".into()),
-            ("identity.password_iterations".into(), "1".into()),
-        ],
+        overrides: {
+            overrides.extend([
+                // Cheap hashes keep the suite fast; the algorithm is the same.
+                ("identity.password_memory_kib".into(), "64".into()),
+                ("identity.password_iterations".into(), "1".into()),
+            ]);
+            overrides
+        },
         ..Default::default()
     })
     .expect("test settings load")
 }
 
-/// An isolated database: a fresh SQLite file or a fresh PostgreSQL database.
+/// Isolated databases (identity's and relationships'): fresh SQLite files or
+/// fresh PostgreSQL databases.
 pub struct TestDb {
     pub url: String,
+    pub rel_url: String,
     dir: Option<PathBuf>,
-    pg_name: Option<String>,
+    pg_names: Vec<String>,
 }
 
 impl TestDb {
@@ -106,28 +123,33 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = std::env::temp_dir().join(format!("sovra-test-{id}"));
                 std::fs::create_dir_all(&dir).unwrap();
+                let file = |n: &str| format!("sqlite://{}?mode=rwc", dir.join(n).display());
                 TestDb {
-                    url: format!("sqlite://{}?mode=rwc", dir.join("identity.db").display()),
+                    url: file("identity.db"),
+                    rel_url: file("relationships.db"),
                     dir: Some(dir),
-                    pg_name: None,
+                    pg_names: Vec::new(),
                 }
             }
             Backend::Postgres => {
-                let name = format!("sovra_t_{id}");
+                let names = [format!("sovra_t_{id}"), format!("sovra_t_{id}_rel")];
                 let mut c = sqlx::postgres::PgConnection::connect(&pg_base_url())
                     .await
                     .unwrap();
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
+                for name in &names {
+                    sqlx::query(&format!("CREATE DATABASE {name}"))
+                        .execute(&mut c)
+                        .await
+                        .unwrap();
+                }
                 let _ = c.close().await;
                 let base = pg_base_url();
                 let (prefix, _) = base.rsplit_once('/').unwrap();
                 TestDb {
-                    url: format!("{prefix}/{name}"),
+                    url: format!("{prefix}/{}", names[0]),
+                    rel_url: format!("{prefix}/{}", names[1]),
                     dir: None,
-                    pg_name: Some(name),
+                    pg_names: names.to_vec(),
                 }
             }
         }
@@ -139,7 +161,8 @@ impl Drop for TestDb {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
-        if let Some(name) = self.pg_name.take() {
+        let names = std::mem::take(&mut self.pg_names);
+        if !names.is_empty() {
             // Drop from a thread of its own: Drop can't await.
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -148,10 +171,13 @@ impl Drop for TestDb {
                     .unwrap();
                 rt.block_on(async {
                     if let Ok(mut c) = sqlx::postgres::PgConnection::connect(&pg_base_url()).await {
-                        let _ =
-                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                                .execute(&mut c)
-                                .await;
+                        for name in names {
+                            let _ = sqlx::query(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .execute(&mut c)
+                            .await;
+                        }
                     }
                 });
             })
@@ -167,6 +193,8 @@ pub struct TestApp {
     pub authority: Authority,
     pub operator: String,
     pub db_url: String,
+    pub rel_db_url: String,
+    pub addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: Option<TestDb>,
@@ -179,11 +207,32 @@ impl TestApp {
 
     pub async fn spawn_instance(backend: Backend, instance: &str) -> TestApp {
         let db = TestDb::new(backend).await;
-        let mut app = Self::start(&settings(instance, &db.url), Arc::new(Keyring::generate()))
+        let mut app = Self::start(&settings(instance, &db), Arc::new(Keyring::generate()))
             .await
             .unwrap();
         app._db = Some(db);
         app
+    }
+
+    /// An app whose grant pushes to identity pass through `Proxy`, which the
+    /// test can take down and bring back.
+    pub async fn spawn_with_grant_proxy(backend: Backend) -> (TestApp, Proxy) {
+        let db = TestDb::new(backend).await;
+        let proxy = Proxy::start().await;
+        let s = settings_with(
+            "global",
+            &db,
+            vec![(
+                "relationships.grant_push_url".into(),
+                format!("http://{}", proxy.addr),
+            )],
+        );
+        let mut app = Self::start(&s, Arc::new(Keyring::generate()))
+            .await
+            .unwrap();
+        proxy.target(app.addr);
+        app._db = Some(db);
+        (app, proxy)
     }
 
     /// Starts an app over `settings` (the database is the caller's).
@@ -207,6 +256,8 @@ impl TestApp {
             authority,
             operator,
             db_url: settings.identity.database_url.clone(),
+            rel_db_url: settings.relationships.database_url.clone(),
+            addr,
             stop: Some(stop),
             server: Some(server),
             _db: None,
@@ -241,6 +292,122 @@ impl TestApp {
 
     pub fn access(&self) -> access_service_client::AccessServiceClient<Channel> {
         access_service_client::AccessServiceClient::new(self.channel.clone())
+    }
+
+    pub fn customers(&self) -> rel::customer_service_client::CustomerServiceClient<Channel> {
+        rel::customer_service_client::CustomerServiceClient::new(self.channel.clone())
+    }
+
+    pub fn resellers(&self) -> rel::reseller_service_client::ResellerServiceClient<Channel> {
+        rel::reseller_service_client::ResellerServiceClient::new(self.channel.clone())
+    }
+
+    pub fn delegated(
+        &self,
+    ) -> rel::delegated_admin_service_client::DelegatedAdminServiceClient<Channel> {
+        rel::delegated_admin_service_client::DelegatedAdminServiceClient::new(self.channel.clone())
+    }
+
+    pub fn service_requests(
+        &self,
+    ) -> rel::service_request_service_client::ServiceRequestServiceClient<Channel> {
+        rel::service_request_service_client::ServiceRequestServiceClient::new(self.channel.clone())
+    }
+
+    /// A partner tenant authorized for `programs`.
+    pub async fn partner(&self, name: &str, programs: &[PartnerAuthorization]) -> Tenant {
+        let t = self.tenant(TenantKind::Partner, name).await;
+        self.tenants()
+            .set_partner_authorizations(req(
+                &self.operator,
+                SetPartnerAuthorizationsRequest {
+                    tenant_id: t.id.clone(),
+                    authorizations: programs.iter().map(|p| *p as i32).collect(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        t
+    }
+
+    /// A delegated-admin offer code from `partner` (by its admin).
+    pub async fn offer(&self, partner: &Tenant) -> String {
+        self.delegated()
+            .create_delegated_admin_offer(req(
+                &partner.admin_token,
+                rel::CreateDelegatedAdminOfferRequest {
+                    partner_tenant_id: partner.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("offer by {} failed: {s:?}", partner.id))
+            .into_inner()
+            .offer
+            .unwrap()
+            .code
+    }
+
+    /// The customer's admin accepts `code`.
+    pub async fn accept(
+        &self,
+        customer: &Tenant,
+        code: &str,
+        reassign: bool,
+    ) -> Result<rel::DelegatedAdminRelationship, Status> {
+        self.delegated()
+            .accept_delegated_admin_offer(req(
+                &customer.admin_token,
+                rel::AcceptDelegatedAdminOfferRequest {
+                    code: code.into(),
+                    customer_tenant_id: customer.id.clone(),
+                    reassign,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().relationship.unwrap())
+    }
+
+    /// Whether `token`'s user may reset a non-admin password in `tenant`.
+    pub async fn may(&self, token: &str, tenant: &Tenant, p: Permission) -> bool {
+        self.access()
+            .check_access(req(
+                token,
+                CheckAccessRequest {
+                    tenant_id: tenant.id.clone(),
+                    permission: p as i32,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    }
+
+    /// Polls (no sleeping to synchronise: each probe is a real call) until
+    /// `may` answers `want`, for at most `within`. Returns whether it did.
+    pub async fn await_access(
+        &self,
+        token: &str,
+        tenant: &Tenant,
+        p: Permission,
+        want: bool,
+        within: std::time::Duration,
+    ) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.may(token, tenant, p).await == want {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Creates a tenant with a global admin `admin@<domain>`; returns it and
@@ -355,13 +522,92 @@ impl TestApp {
             .into_inner()
     }
 
-    /// Counts rows straight from the database, to prove a rejection wrote nothing.
+    /// Counts rows straight from identity's database, to prove a rejection wrote nothing.
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::any::install_default_drivers();
-        let mut c = sqlx::AnyConnection::connect(&self.db_url).await.unwrap();
-        let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&mut c).await.unwrap();
-        let _ = c.close().await;
-        n
+        count_in(&self.db_url, sql).await
+    }
+
+    /// Counts rows straight from relationships' database.
+    pub async fn rel_count(&self, sql: &str) -> i64 {
+        count_in(&self.rel_db_url, sql).await
+    }
+}
+
+async fn count_in(url: &str, sql: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&mut c).await.unwrap();
+    let _ = c.close().await;
+    n
+}
+
+/// A TCP forwarder a test can take down (refusing and cutting connections)
+/// and bring back, to make one path between services unavailable.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    target: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start() -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Arc::new(std::sync::OnceLock::<std::net::SocketAddr>::new());
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let (target, up, conns) = (target.clone(), up.clone(), conns.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let Some(to) = target.get().copied() else {
+                        continue;
+                    };
+                    if !up.load(Ordering::SeqCst) {
+                        continue; // dropped: the connection is refused
+                    }
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    });
+                    conns.lock().unwrap().push(task);
+                }
+            })
+        };
+        Proxy {
+            addr,
+            target,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    fn target(&self, to: std::net::SocketAddr) {
+        let _ = self.target.set(to);
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.down();
+        self.accept.abort();
     }
 }
 
@@ -448,3 +694,4 @@ pub fn expect_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str
 }
 
 pub use pb::*;
+pub use sovra_proto::relationships::v1 as rel;

@@ -5,5 +5,6 @@ mod helpers;
 mod access;
 mod auth;
 mod bootstrap;
+mod delegated;
 mod tenants;
 mod users;

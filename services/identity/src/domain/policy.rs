@@ -1,7 +1,7 @@
 //! The access policy: may a user do something in a tenant, and why. This is
 //! the only place the rules of SPEC §3–4 about roles and delegated access live.
 
-use super::roles::{CompanyRole, Permission, SupportedAccess, TenantKind};
+use super::roles::{CompanyRole, GrantState, Permission, SupportedAccess, TenantKind};
 
 /// The user asking, as stored.
 #[derive(Debug, Clone)]
@@ -84,10 +84,15 @@ fn role_name(role: Option<CompanyRole>) -> String {
         .unwrap_or_else(|| "no admin role".to_owned())
 }
 
-/// Decides whether `subject` may do `p` in `tenant_id`. `grant_active` says
-/// whether the subject's partner tenant holds active delegated
-/// administration of `tenant_id` (only consulted for another tenant).
-pub fn decide(subject: &Subject, tenant_id: &str, p: Permission, grant_active: bool) -> Decision {
+/// Decides whether `subject` may do `p` in `tenant_id`. `grant` is the
+/// subject's partner tenant's delegated administration of `tenant_id`, if it
+/// ever had one (only consulted for another tenant).
+pub fn decide(
+    subject: &Subject,
+    tenant_id: &str,
+    p: Permission,
+    grant: Option<GrantState>,
+) -> Decision {
     let own = subject.tenant_id == tenant_id;
     if subject.deleted {
         return Decision::deny("the user is deleted".into(), own);
@@ -104,9 +109,10 @@ pub fn decide(subject: &Subject, tenant_id: &str, p: Permission, grant_active: b
                 subject.access,
                 SupportedAccess::Full | SupportedAccess::Limited
             );
-            let by_role =
-                matches!(p, Permission::CustomersRead | Permission::PartnerLinksCreate)
-                    && subject.role == Some(CompanyRole::GlobalAdmin);
+            let by_role = matches!(
+                p,
+                Permission::CustomersRead | Permission::PartnerLinksCreate
+            ) && subject.role == Some(CompanyRole::GlobalAdmin);
             return if by_access {
                 Decision::allow(
                     Basis::OwnRole,
@@ -141,14 +147,27 @@ pub fn decide(subject: &Subject, tenant_id: &str, p: Permission, grant_active: b
             false,
         );
     }
-    if !grant_active {
-        return Decision::deny(
-            format!(
-                "partner {} holds no active delegated administration of tenant {tenant_id}",
-                subject.tenant_id
-            ),
-            false,
-        );
+    match grant {
+        None => {
+            return Decision::deny(
+                format!(
+                    "partner {} holds no active delegated administration of tenant {tenant_id}",
+                    subject.tenant_id
+                ),
+                false,
+            )
+        }
+        // A former administrator is told why, not that the tenant is unknown.
+        Some(ended @ (GrantState::Removed | GrantState::Reassigned)) => {
+            return Decision::deny(
+                format!(
+                    "partner {}'s delegated administration of tenant {tenant_id} was {ended}",
+                    subject.tenant_id
+                ),
+                true,
+            )
+        }
+        Some(GrantState::Active) => {}
     }
     if p.is_partner_only() {
         return Decision::deny(format!("{p} applies to a partner's own tenant only"), true);
@@ -208,7 +227,7 @@ mod tests {
             SupportedAccess::None,
         );
         for p in Permission::ALL.iter().filter(|p| !p.is_partner_only()) {
-            assert!(decide(&ga, "c", *p, false).allowed, "{p}");
+            assert!(decide(&ga, "c", *p, None).allowed, "{p}");
         }
     }
 
@@ -220,11 +239,11 @@ mod tests {
             Some(UserAdmin),
             SupportedAccess::None,
         );
-        assert!(decide(&ua, "c", UsersManage, false).allowed);
-        assert!(decide(&ua, "c", PasswordResetNonAdmin, false).allowed);
-        assert!(!decide(&ua, "c", AdminUsersManage, false).allowed);
-        assert!(!decide(&ua, "c", PasswordResetPasswordAdmin, false).allowed);
-        assert!(!decide(&ua, "c", CompanyProfileUpdate, false).allowed);
+        assert!(decide(&ua, "c", UsersManage, None).allowed);
+        assert!(decide(&ua, "c", PasswordResetNonAdmin, None).allowed);
+        assert!(!decide(&ua, "c", AdminUsersManage, None).allowed);
+        assert!(!decide(&ua, "c", PasswordResetPasswordAdmin, None).allowed);
+        assert!(!decide(&ua, "c", CompanyProfileUpdate, None).allowed);
     }
 
     #[test]
@@ -235,29 +254,34 @@ mod tests {
             Some(PasswordAdmin),
             SupportedAccess::None,
         );
-        assert!(decide(&pa, "c", PasswordResetNonAdmin, false).allowed);
-        assert!(decide(&pa, "c", PasswordResetPasswordAdmin, false).allowed);
-        assert!(!decide(&pa, "c", PasswordResetAdmin, false).allowed);
-        assert!(!decide(&pa, "c", UsersManage, false).allowed);
+        assert!(decide(&pa, "c", PasswordResetNonAdmin, None).allowed);
+        assert!(decide(&pa, "c", PasswordResetPasswordAdmin, None).allowed);
+        assert!(!decide(&pa, "c", PasswordResetAdmin, None).allowed);
+        assert!(!decide(&pa, "c", UsersManage, None).allowed);
     }
 
     #[test]
     fn members_without_a_role_only_read_their_tenant() {
         let m = user("c", TenantKind::Customer, None, SupportedAccess::None);
-        assert!(decide(&m, "c", TenantRead, false).allowed);
-        assert!(!decide(&m, "c", UsersRead, false).allowed);
+        assert!(decide(&m, "c", TenantRead, None).allowed);
+        assert!(!decide(&m, "c", UsersRead, None).allowed);
     }
 
     #[test]
     fn delegated_full_acts_as_global_admin_and_limited_as_password_admin() {
         let full = user("p", TenantKind::Partner, None, SupportedAccess::Full);
-        let d = decide(&full, "c", PasswordResetAdmin, true);
+        let d = decide(&full, "c", PasswordResetAdmin, Some(GrantState::Active));
         assert!(d.allowed);
         assert_eq!(d.basis, Basis::DelegatedFull);
         let limited = user("p", TenantKind::Partner, None, SupportedAccess::Limited);
-        let d = decide(&limited, "c", PasswordResetPasswordAdmin, true);
+        let d = decide(
+            &limited,
+            "c",
+            PasswordResetPasswordAdmin,
+            Some(GrantState::Active),
+        );
         assert_eq!(d.basis, Basis::DelegatedLimited);
-        let d = decide(&limited, "c", PasswordResetAdmin, true);
+        let d = decide(&limited, "c", PasswordResetAdmin, Some(GrantState::Active));
         assert!(!d.allowed);
         assert!(d.related);
         assert!(d.reason.contains("LIMITED"));
@@ -271,7 +295,7 @@ mod tests {
             Some(GlobalAdmin),
             SupportedAccess::Full,
         );
-        let d = decide(&full, "c", TenantRead, false);
+        let d = decide(&full, "c", TenantRead, None);
         assert!(!d.allowed);
         assert!(!d.related);
         assert!(d.reason.contains("no active delegated administration"));
@@ -281,7 +305,7 @@ mod tests {
             Some(GlobalAdmin),
             SupportedAccess::None,
         );
-        assert!(!decide(&none, "c", TenantRead, true).allowed);
+        assert!(!decide(&none, "c", TenantRead, Some(GrantState::Active)).allowed);
     }
 
     #[test]
@@ -292,7 +316,7 @@ mod tests {
             Some(GlobalAdmin),
             SupportedAccess::Full,
         );
-        assert!(!decide(&ga, "c2", TenantRead, true).allowed);
+        assert!(!decide(&ga, "c2", TenantRead, Some(GrantState::Active)).allowed);
     }
 
     #[test]
@@ -303,11 +327,11 @@ mod tests {
             Some(GlobalAdmin),
             SupportedAccess::None,
         );
-        assert!(!decide(&ga, "p", PartnerOffersCreate, false).allowed);
-        assert!(decide(&ga, "p", CustomersRead, false).allowed);
-        assert!(decide(&ga, "p", PartnerLinksCreate, false).allowed);
+        assert!(!decide(&ga, "p", PartnerOffersCreate, None).allowed);
+        assert!(decide(&ga, "p", CustomersRead, None).allowed);
+        assert!(decide(&ga, "p", PartnerLinksCreate, None).allowed);
         let agent = user("p", TenantKind::Partner, None, SupportedAccess::Limited);
-        assert!(decide(&agent, "p", PartnerOffersCreate, false).allowed);
+        assert!(decide(&agent, "p", PartnerOffersCreate, None).allowed);
     }
 
     #[test]
@@ -319,6 +343,6 @@ mod tests {
             SupportedAccess::None,
         );
         ga.blocked = true;
-        assert!(!decide(&ga, "c", TenantRead, false).allowed);
+        assert!(!decide(&ga, "c", TenantRead, None).allowed);
     }
 }

@@ -6,12 +6,12 @@ use sqlx::{Any, Executor};
 
 use crate::domain::roles::GrantState;
 
-/// True when `partner` holds an active grant on `customer`.
-pub async fn is_active<'e, E: Executor<'e, Database = Any>>(
+/// The state of `partner`'s grant on `customer`, if it ever had one.
+pub async fn state<'e, E: Executor<'e, Database = Any>>(
     ex: E,
     partner: &str,
     customer: &str,
-) -> Result<bool, Error> {
+) -> Result<Option<GrantState>, Error> {
     let row: Option<(String,)> = sqlx::query_as(
         "SELECT state FROM delegated_grants WHERE customer_tenant_id = $1 AND partner_tenant_id = $2",
     )
@@ -19,7 +19,7 @@ pub async fn is_active<'e, E: Executor<'e, Database = Any>>(
     .bind(partner)
     .fetch_optional(ex)
     .await?;
-    Ok(matches!(row, Some((s,)) if s == GrantState::Active.as_str()))
+    Ok(row.and_then(|(s,)| GrantState::from_stored(&s)))
 }
 
 /// The outcome of applying a grant version.

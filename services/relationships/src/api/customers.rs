@@ -44,7 +44,11 @@ impl pb::customer_service_server::CustomerService for Relationships {
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
         let query = r.query.trim();
         if query.chars().count() > MAX_QUERY_CHARS {
-            return Err(Error::invalid("query", format!("must be at most {MAX_QUERY_CHARS} characters")).into());
+            return Err(Error::invalid(
+                "query",
+                format!("must be at most {MAX_QUERY_CHARS} characters"),
+            )
+            .into());
         }
         let relationship = kind_from_pb("relationship", r.relationship)?;
         let limit = paging::page_size(r.page_size)? as usize;

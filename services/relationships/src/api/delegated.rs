@@ -62,13 +62,18 @@ impl Relationships {
             &rel.id,
             state,
             version,
-            now,
+            self.outbox().now(),
         )
         .await
     }
 
     /// Authorizes a user to read relationships of `tenant`, on whichever side.
-    async fn require_side(&self, ctx: &Ctx, tenant: &TenantId, partner_side: bool) -> Result<(), Error> {
+    async fn require_side(
+        &self,
+        ctx: &Ctx,
+        tenant: &TenantId,
+        partner_side: bool,
+    ) -> Result<(), Error> {
         if ctx.caller.is_operator() {
             return Ok(());
         }
@@ -106,12 +111,17 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         let idem = Idempotency::new(&ctx.caller, "CreateDelegatedAdminOffer", &r.request_id, &r)?;
         self.require(&ctx, &partner, idpb::Permission::PartnerLinksCreate)
             .await?;
-        self.partner(&ctx, &partner, &[idpb::PartnerAuthorization::DelegatedAdmin])
-            .await?;
+        self.partner(
+            &ctx,
+            &partner,
+            &[idpb::PartnerAuthorization::DelegatedAdmin],
+        )
+        .await?;
         if let Some(c) = &customer {
             self.customer(&ctx, "customer_tenant_id", c).await?;
         }
-        let (link, code) = self.new_link(&ctx, LinkKind::DelegatedAdmin, &partner, customer.as_ref());
+        let (link, code) =
+            self.new_link(&ctx, LinkKind::DelegatedAdmin, &partner, customer.as_ref());
         let mut tx = self.db().begin().await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
@@ -158,7 +168,11 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         // No sign-in: anyone holding the link may see what it offers.
         self.require_feature(Feature::DelegatedAdmin)?;
         let (partner, link) = self
-            .preview(&trace_id(&req), LinkKind::DelegatedAdmin, &req.get_ref().code)
+            .preview(
+                &trace_id(&req),
+                LinkKind::DelegatedAdmin,
+                &req.get_ref().code,
+            )
             .await?;
         Ok(Response::new(pb::PreviewDelegatedAdminOfferResponse {
             partner: Some(partner),
@@ -176,7 +190,11 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         let link = self.live_link(LinkKind::DelegatedAdmin, &r.code).await?;
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         let idem = Idempotency::new(&ctx.caller, "AcceptDelegatedAdminOffer", &r.request_id, &r)?;
-        if link.customer_tenant_id.as_deref().is_some_and(|c| c != customer.as_str()) {
+        if link
+            .customer_tenant_id
+            .as_deref()
+            .is_some_and(|c| c != customer.as_str())
+        {
             return Err(Error::permission_denied(
                 "OFFER_FOR_ANOTHER_CUSTOMER",
                 "this delegated-admin offer was made to another customer",
@@ -187,8 +205,12 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
             .await?;
         let c = self.customer(&ctx, "customer_tenant_id", &customer).await?;
         let partner = self.tenant_id("code", &link.partner_tenant_id)?;
-        self.partner(&ctx, &partner, &[idpb::PartnerAuthorization::DelegatedAdmin])
-            .await?;
+        self.partner(
+            &ctx,
+            &partner,
+            &[idpb::PartnerAuthorization::DelegatedAdmin],
+        )
+        .await?;
 
         let mut tx = self.db().begin().await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
@@ -205,7 +227,8 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
                 let resp = pb::AcceptDelegatedAdminOfferResponse {
                     relationship: Some(relationship_to_pb(&held)),
                 };
-                self.commit(tx, &ctx, None, &r.request_id, &idem, &resp).await?;
+                self.commit(tx, &ctx, None, &r.request_id, &idem, &resp)
+                    .await?;
                 return Ok(Response::new(resp));
             }
             if !r.reassign {
@@ -221,42 +244,63 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
                 .into());
             }
             held.reassigned_to = Some(partner.to_string());
-            changes.push(self.transition(&mut tx, &mut held, DelegatedState::Reassigned, now).await?);
+            changes.push(
+                self.transition(&mut tx, &mut held, DelegatedState::Reassigned, now)
+                    .await?,
+            );
             reassigned_from = Some(held.partner_tenant_id.clone());
         }
-        customers::touch(&mut tx, partner.as_str(), customer.as_str(), &c.display_name, &c.primary_domain, now).await?;
-        let mut rel = match delegated::pending_for_offer(&mut tx, &link.id, customer.as_str()).await? {
-            Some(p) => p,
-            None => {
-                let fresh = Relationship {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    partner_tenant_id: partner.to_string(),
-                    customer_tenant_id: customer.to_string(),
-                    state: DelegatedState::Pending,
-                    offer_id: link.id.clone(),
-                    reassigned_to: None,
-                    version: 0,
-                    created_at: now,
-                    activated_at: None,
-                    ended_at: None,
-                    updated_at: now,
-                };
-                delegated::insert(&mut tx, &fresh).await?;
-                fresh
-            }
-        };
-        changes.push(self.transition(&mut tx, &mut rel, DelegatedState::Active, now).await?);
+        customers::touch(
+            &mut tx,
+            partner.as_str(),
+            customer.as_str(),
+            &c.display_name,
+            &c.primary_domain,
+            now,
+        )
+        .await?;
+        let mut rel =
+            match delegated::pending_for_offer(&mut tx, &link.id, customer.as_str()).await? {
+                Some(p) => p,
+                None => {
+                    let fresh = Relationship {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        partner_tenant_id: partner.to_string(),
+                        customer_tenant_id: customer.to_string(),
+                        state: DelegatedState::Pending,
+                        offer_id: link.id.clone(),
+                        reassigned_to: None,
+                        version: 0,
+                        created_at: now,
+                        activated_at: None,
+                        ended_at: None,
+                        updated_at: now,
+                    };
+                    delegated::insert(&mut tx, &fresh).await?;
+                    fresh
+                }
+            };
+        changes.push(
+            self.transition(&mut tx, &mut rel, DelegatedState::Active, now)
+                .await?,
+        );
         let resp = pb::AcceptDelegatedAdminOfferResponse {
             relationship: Some(relationship_to_pb(&rel)),
         };
         let (action, target) = match &reassigned_from {
             Some(from) => (
                 "relationships.delegated_admin.reassign",
-                format!("delegated_admin_relationships/{} (from partner {from} to {partner})", rel.id),
+                format!(
+                    "delegated_admin_relationships/{} (from partner {from} to {partner})",
+                    rel.id
+                ),
             ),
             None => (
                 "relationships.delegated_admin.accept",
-                format!("delegated_admin_relationships/{} (partner {partner})", rel.id),
+                format!(
+                    "delegated_admin_relationships/{} (partner {partner})",
+                    rel.id
+                ),
             ),
         };
         let change = Change {
@@ -293,7 +337,9 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
                 .ok_or_else(|| {
                     Error::not_found(
                         "NO_ACTIVE_DELEGATED_ADMIN",
-                        format!("no partner holds active delegated administration of tenant {customer}"),
+                        format!(
+                            "no partner holds active delegated administration of tenant {customer}"
+                        ),
                     )
                 })?
         } else {
@@ -303,7 +349,10 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
                 .ok_or_else(|| {
                     Error::not_found(
                         "RELATIONSHIP_NOT_FOUND",
-                        format!("tenant {customer} has no delegated-admin relationship {}", r.id),
+                        format!(
+                            "tenant {customer} has no delegated-admin relationship {}",
+                            r.id
+                        ),
                     )
                     .with_violation("id", "not found")
                 })?
@@ -311,7 +360,10 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         if rel.state != DelegatedState::Active {
             return Err(Error::failed_precondition(
                 "RELATIONSHIP_NOT_ACTIVE",
-                format!("delegated-admin relationship {} is {}; only an ACTIVE one can be removed", rel.id, rel.state),
+                format!(
+                    "delegated-admin relationship {} is {}; only an ACTIVE one can be removed",
+                    rel.id, rel.state
+                ),
             )
             .into());
         }
@@ -325,7 +377,10 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
             tenant_id: customer.as_str(),
             delegated: false,
             action: "relationships.delegated_admin.remove",
-            target: format!("delegated_admin_relationships/{} (partner {})", rel.id, rel.partner_tenant_id),
+            target: format!(
+                "delegated_admin_relationships/{} (partner {})",
+                rel.id, rel.partner_tenant_id
+            ),
         };
         self.commit(tx, &ctx, Some(audit), &r.request_id, &idem, &resp)
             .await?;
@@ -370,7 +425,10 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         let not_found = || {
             Error::not_found(
                 "RELATIONSHIP_NOT_FOUND",
-                format!("tenant {tenant} has no delegated-admin relationship {}", r.id),
+                format!(
+                    "tenant {tenant} has no delegated-admin relationship {}",
+                    r.id
+                ),
             )
         };
         let rel = delegated::get(self.db().read(), &r.id).await?;
@@ -416,7 +474,8 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         } else {
             Side::Customer(tenant.as_str())
         };
-        let mut rows = delegated::list(self.db().read(), side, state, before.as_deref(), size + 1).await?;
+        let mut rows =
+            delegated::list(self.db().read(), side, state, before.as_deref(), size + 1).await?;
         let next_page_token = if rows.len() as i64 > size {
             rows.truncate(size as usize);
             rows.last()

@@ -57,7 +57,12 @@ impl Relationships {
                     format!("no {} has this code", kind.label()),
                 )
             })?;
-        check_live(kind.label(), record.expires_at, record.revoked_at, self.now())?;
+        check_live(
+            kind.label(),
+            record.expires_at,
+            record.revoked_at,
+            self.now(),
+        )?;
         Ok(record)
     }
 

@@ -99,11 +99,23 @@ impl pb::reseller_service_server::ResellerService for Relationships {
             return Ok(Response::new(prev));
         }
         let now = self.now();
-        customers::touch(&mut tx, partner.as_str(), customer.as_str(), &c.display_name, &c.primary_domain, now).await?;
-        let created = customers::set_reseller(&mut tx, partner.as_str(), customer.as_str(), &link.id, now).await?;
+        customers::touch(
+            &mut tx,
+            partner.as_str(),
+            customer.as_str(),
+            &c.display_name,
+            &c.primary_domain,
+            now,
+        )
+        .await?;
+        let created =
+            customers::set_reseller(&mut tx, partner.as_str(), customer.as_str(), &link.id, now)
+                .await?;
         let row = customers::get(&mut *tx, partner.as_str(), customer.as_str())
             .await?
-            .ok_or_else(|| Error::internal("the partner_customers row vanished inside its transaction"))?;
+            .ok_or_else(|| {
+                Error::internal("the partner_customers row vanished inside its transaction")
+            })?;
         let resp = pb::AcceptResellerRequestResponse {
             relationship: Some(pb::ResellerRelationship {
                 partner_tenant_id: partner.to_string(),

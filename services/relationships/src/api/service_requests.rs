@@ -57,7 +57,10 @@ impl Relationships {
                         on_behalf: Some(u.tenant_id.clone()),
                     });
                 }
-                return Err(Error::permission_denied("PERMISSION_DENIED", partner_access.reason));
+                return Err(Error::permission_denied(
+                    "PERMISSION_DENIED",
+                    partner_access.reason,
+                ));
             }
         }
         Err(self.denied(ctx, customer, access.reason).await?)
@@ -136,7 +139,9 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         let title = r.title.trim();
         if title.is_empty() || title.chars().count() > MAX_TITLE {
-            return Err(Error::invalid("title", format!("must be 1 to {MAX_TITLE} characters")).into());
+            return Err(
+                Error::invalid("title", format!("must be 1 to {MAX_TITLE} characters")).into(),
+            );
         }
         if r.description.chars().count() > MAX_DESCRIPTION {
             return Err(Error::invalid(
@@ -206,7 +211,10 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
                     if row.state != ServiceRequestState::Draft {
                         return Err(Error::failed_precondition(
                             "INVALID_STATE_TRANSITION",
-                            format!("service request {} is {}; only a DRAFT can be submitted", row.id, row.state),
+                            format!(
+                                "service request {} is {}; only a DRAFT can be submitted",
+                                row.id, row.state
+                            ),
                         ));
                     }
                     row.state = ServiceRequestState::Submitted;
@@ -241,10 +249,18 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
             .ok_or_else(|| Error::invalid("state", "is required: IN_PROGRESS or RESOLVED"))?;
         let resolution = r.resolution.trim().to_owned();
         if to == ServiceRequestState::Resolved && resolution.is_empty() {
-            return Err(Error::invalid("resolution", "is required when resolving: say what was done").into());
+            return Err(Error::invalid(
+                "resolution",
+                "is required when resolving: say what was done",
+            )
+            .into());
         }
         if resolution.chars().count() > MAX_DESCRIPTION {
-            return Err(Error::invalid("resolution", format!("must be at most {MAX_DESCRIPTION} characters")).into());
+            return Err(Error::invalid(
+                "resolution",
+                format!("must be at most {MAX_DESCRIPTION} characters"),
+            )
+            .into());
         }
         let idem = Idempotency::new(&ctx.caller, "UpdateServiceRequestState", &r.request_id, &r)?;
         let resp = self
@@ -299,7 +315,14 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
         let size = paging::page_size(r.page_size)?;
         let before = paging::decode_token("sr", &r.page_token, 1)?.map(|mut v| v.remove(0));
         self.service_request_reader(&ctx, &customer).await?;
-        let mut rows = service_requests::list(self.db().read(), customer.as_str(), state, before.as_deref(), size + 1).await?;
+        let mut rows = service_requests::list(
+            self.db().read(),
+            customer.as_str(),
+            state,
+            before.as_deref(),
+            size + 1,
+        )
+        .await?;
         let next_page_token = if rows.len() as i64 > size {
             rows.truncate(size as usize);
             rows.last()

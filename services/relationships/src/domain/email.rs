@@ -39,7 +39,9 @@ pub fn reseller_draft(
     if !body.trim().is_empty() && !body.contains(URL_PLACEHOLDER) {
         return Err(Error::invalid(
             "email_body",
-            format!("must contain {URL_PLACEHOLDER} where the link goes, so the customer can accept"),
+            format!(
+                "must contain {URL_PLACEHOLDER} where the link goes, so the customer can accept"
+            ),
         ));
     }
     let subject = if subject.trim().is_empty() {

@@ -129,7 +129,8 @@ mod tests {
                     q.contains(&nk).then_some(nk)?
                 };
                 let p = (k.clone(), c.id.clone());
-                if after.as_ref().is_some_and(|a| p <= *a) || upto.as_ref().is_some_and(|u| p > *u) {
+                if after.as_ref().is_some_and(|a| p <= *a) || upto.as_ref().is_some_and(|u| p > *u)
+                {
                     return None;
                 }
                 Some(Hit {
@@ -180,7 +181,11 @@ mod tests {
             let d = words[(i * 7 + 3) % words.len()].to_lowercase();
             v.push(Customer {
                 id: format!("global_{i:032x}"),
-                name: if i % 5 == 0 { w.to_owned() } else { format!("{w} {}", i % 13) },
+                name: if i % 5 == 0 {
+                    w.to_owned()
+                } else {
+                    format!("{w} {}", i % 13)
+                },
                 domain: format!("{d}{}.example", i % 17),
             });
         }
@@ -190,11 +195,15 @@ mod tests {
     #[test]
     fn every_match_appears_exactly_once_on_some_page() {
         let all = customers();
-        for query in ["", "co", "con", "CONTOSO", "fab", "north", "zzz", "contoso1"] {
+        for query in [
+            "", "co", "con", "CONTOSO", "fab", "north", "zzz", "contoso1",
+        ] {
             let q = KeyRange::prefix(query);
             let mut expected: Vec<String> = all
                 .iter()
-                .filter(|c| query.is_empty() || q.contains(&key(&c.name)) || q.contains(&key(&c.domain)))
+                .filter(|c| {
+                    query.is_empty() || q.contains(&key(&c.name)) || q.contains(&key(&c.domain))
+                })
                 .map(|c| c.id.clone())
                 .collect();
             expected.sort();
@@ -203,7 +212,11 @@ mod tests {
                 let n = got.len();
                 got.sort();
                 got.dedup();
-                assert_eq!(n, got.len(), "duplicates for {query:?} at page size {limit}");
+                assert_eq!(
+                    n,
+                    got.len(),
+                    "duplicates for {query:?} at page size {limit}"
+                );
                 assert_eq!(got, expected, "query {query:?}, page size {limit}");
             }
         }

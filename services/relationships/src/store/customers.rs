@@ -231,7 +231,11 @@ async fn branch(
     q: &CustomerQuery<'_>,
     upto: Option<Position>,
 ) -> Result<Vec<Hit<CustomerRow>>, Error> {
-    let k = if b == Branch::Name { "name_key" } else { "domain_key" };
+    let k = if b == Branch::Name {
+        "name_key"
+    } else {
+        "domain_key"
+    };
     let filter = match q.relationship {
         None => ANY_RELATIONSHIP,
         Some(RelationshipKind::Reseller) => "reseller_request_id IS NOT NULL",

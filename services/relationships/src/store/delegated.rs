@@ -72,7 +72,10 @@ pub async fn next_grant_version(tx: &mut Tx, customer: &str, partner: &str) -> R
     Ok(v)
 }
 
-pub async fn active_for_customer(tx: &mut Tx, customer: &str) -> Result<Option<Relationship>, Error> {
+pub async fn active_for_customer(
+    tx: &mut Tx,
+    customer: &str,
+) -> Result<Option<Relationship>, Error> {
     let q = format!(
         "SELECT {COLUMNS} FROM delegated_admin_relationships WHERE customer_tenant_id = $1 AND state = 'ACTIVE'"
     );

@@ -71,7 +71,8 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
     customer: &str,
     id: &str,
 ) -> Result<Option<ServiceRequestRow>, Error> {
-    let q = format!("SELECT {COLUMNS} FROM service_requests WHERE id = $1 AND customer_tenant_id = $2");
+    let q =
+        format!("SELECT {COLUMNS} FROM service_requests WHERE id = $1 AND customer_tenant_id = $2");
     sqlx::query(&q)
         .bind(id)
         .bind(customer)

@@ -1,0 +1,537 @@
+//! Reseller links and delegated administration end to end: relationships
+//! calling identity over real gRPC, grants pushed through the outbox.
+
+use std::time::Duration;
+
+use tonic::Code;
+
+use crate::{backend_test, helpers::*};
+
+const WITHIN: Duration = Duration::from_secs(1);
+
+async fn reset(
+    app: &TestApp,
+    token: &str,
+    tenant: &Tenant,
+    user_id: &str,
+) -> Result<(), tonic::Status> {
+    app.users()
+        .reset_password(req(
+            token,
+            ResetPasswordRequest {
+                tenant_id: tenant.id.clone(),
+                user_id: user_id.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|_| ())
+}
+
+async fn a_partner_wins_a_customer_administers_it_and_loses_it_to_reassignment(b: Backend) {
+    use PartnerAuthorization::*;
+    let app = TestApp::spawn(b).await;
+    let p1 = app
+        .partner("Fabrikam", &[CloudReseller, DelegatedAdmin])
+        .await;
+    let p2 = app.partner("Northwind", &[DelegatedAdmin]).await;
+    let customer = app.tenant(TenantKind::Customer, "Contoso").await;
+    let none = CompanyRole::Unspecified;
+    let p1_full = app
+        .user(
+            &p1.admin_token,
+            &p1,
+            "agent",
+            none,
+            SupportedCompaniesAccess::Full,
+        )
+        .await;
+    let p1_limited = app
+        .user(
+            &p1.admin_token,
+            &p1,
+            "desk",
+            none,
+            SupportedCompaniesAccess::Limited,
+        )
+        .await;
+    let p2_full = app
+        .user(
+            &p2.admin_token,
+            &p2,
+            "agent",
+            none,
+            SupportedCompaniesAccess::Full,
+        )
+        .await;
+    let alice = app
+        .user(
+            &customer.admin_token,
+            &customer,
+            "alice",
+            none,
+            SupportedCompaniesAccess::Unspecified,
+        )
+        .await;
+
+    // A reseller link with an email draft that carries it.
+    let rr = app
+        .resellers()
+        .create_reseller_request(req(
+            &p1_full.token,
+            rel::CreateResellerRequestRequest {
+                partner_tenant_id: p1.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .reseller_request
+        .unwrap();
+    assert!(
+        rr.url.ends_with(&format!("/reseller/{}", rr.code)),
+        "{}",
+        rr.url
+    );
+    assert!(rr.email_body.contains(&rr.url));
+    assert!(rr.email_subject.contains("Fabrikam"));
+
+    // Anyone holding the link sees who offers it, without signing in.
+    let preview = app
+        .resellers()
+        .preview_reseller_request(rel::PreviewResellerRequestRequest {
+            code: rr.code.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.partner.unwrap().display_name, "Fabrikam");
+
+    // The customer's global admin accepts; accepting again is a no-op.
+    let accept = |request_id: &str| {
+        req(
+            &customer.admin_token,
+            rel::AcceptResellerRequestRequest {
+                request_id: request_id.into(),
+                code: rr.code.clone(),
+                customer_tenant_id: customer.id.clone(),
+            },
+        )
+    };
+    let first = app
+        .resellers()
+        .accept_reseller_request(accept("a1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = app
+        .resellers()
+        .accept_reseller_request(accept("a2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, again);
+    assert_eq!(
+        app.rel_count(
+            "SELECT COUNT(*) FROM partner_customers WHERE reseller_request_id IS NOT NULL"
+        )
+        .await,
+        1
+    );
+
+    // The customer is in P1's list as a reseller customer.
+    let list = app
+        .customers()
+        .list_customers(req(
+            &p1_full.token,
+            rel::ListCustomersRequest {
+                partner_tenant_id: p1.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.customers.len(), 1);
+    assert_eq!(list.customers[0].customer_tenant_id, customer.id);
+    assert_eq!(list.customers[0].display_name, "Contoso");
+    assert_eq!(
+        list.customers[0].relationships,
+        vec![rel::RelationshipKind::Reseller as i32]
+    );
+
+    // Delegated administration: offered, accepted, effective in identity.
+    let p1_rel = app
+        .accept(&customer, &app.offer(&p1).await, false)
+        .await
+        .unwrap();
+    assert_eq!(p1_rel.state, rel::DelegatedAdminState::Active as i32);
+    assert!(
+        app.await_access(
+            &p1_full.token,
+            &customer,
+            Permission::PasswordResetAdmin,
+            true,
+            WITHIN
+        )
+        .await
+    );
+    reset(&app, &p1_full.token, &customer, &alice.id)
+        .await
+        .unwrap();
+    app.users()
+        .create_user(req(
+            &p1_full.token,
+            CreateUserRequest {
+                tenant_id: customer.id.clone(),
+                user_principal_name: format!("bob@{}", customer.domain),
+                display_name: "Bob".into(),
+                password: PASSWORD.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    // LIMITED resets non-admins, never the global admin.
+    reset(&app, &p1_limited.token, &customer, &alice.id)
+        .await
+        .unwrap();
+    expect_code(
+        reset(&app, &p1_limited.token, &customer, &customer.admin_id).await,
+        Code::PermissionDenied,
+    );
+
+    // A second partner is refused, naming the current one.
+    let p2_code = app.offer(&p2).await;
+    let held = expect_code(
+        app.accept(&customer, &p2_code, false).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        held.message().contains(&p1.id) && held.message().contains("Fabrikam"),
+        "{}",
+        held.message()
+    );
+    assert!(
+        !app.may(&p2_full.token, &customer, Permission::PasswordResetNonAdmin)
+            .await
+    );
+
+    // Reassignment moves it atomically.
+    let p2_rel = app.accept(&customer, &p2_code, true).await.unwrap();
+    assert_eq!(p2_rel.state, rel::DelegatedAdminState::Active as i32);
+    assert!(
+        app.await_access(
+            &p1_full.token,
+            &customer,
+            Permission::PasswordResetNonAdmin,
+            false,
+            WITHIN
+        )
+        .await
+    );
+    assert!(
+        app.await_access(
+            &p1_limited.token,
+            &customer,
+            Permission::PasswordResetNonAdmin,
+            false,
+            WITHIN
+        )
+        .await
+    );
+    assert!(
+        app.await_access(
+            &p2_full.token,
+            &customer,
+            Permission::PasswordResetNonAdmin,
+            true,
+            WITHIN
+        )
+        .await
+    );
+    expect_code(
+        reset(&app, &p1_full.token, &customer, &alice.id).await,
+        Code::PermissionDenied,
+    );
+    let old = app
+        .delegated()
+        .get_delegated_admin_relationship(req(
+            &customer.admin_token,
+            rel::GetDelegatedAdminRelationshipRequest {
+                tenant_id: customer.id.clone(),
+                id: p1_rel.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .relationship
+        .unwrap();
+    assert_eq!(old.state, rel::DelegatedAdminState::Reassigned as i32);
+    assert_eq!(old.reassigned_to_partner_tenant_id, p2.id);
+
+    // The customer removes it; access is gone.
+    let removed = app
+        .delegated()
+        .remove_delegated_admin(req(
+            &customer.admin_token,
+            rel::RemoveDelegatedAdminRequest {
+                customer_tenant_id: customer.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .relationship
+        .unwrap();
+    assert_eq!(removed.state, rel::DelegatedAdminState::Removed as i32);
+    assert!(
+        app.await_access(
+            &p2_full.token,
+            &customer,
+            Permission::PasswordResetNonAdmin,
+            false,
+            WITHIN
+        )
+        .await
+    );
+    expect_code(
+        reset(&app, &p2_full.token, &customer, &alice.id).await,
+        Code::PermissionDenied,
+    );
+
+    // P1 is still the customer's reseller.
+    let c = app
+        .customers()
+        .get_customer(req(
+            &p1.admin_token,
+            rel::GetCustomerRequest {
+                partner_tenant_id: p1.id.clone(),
+                customer_tenant_id: customer.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    assert_eq!(
+        c.relationships,
+        vec![rel::RelationshipKind::Reseller as i32]
+    );
+    assert_eq!(
+        c.delegated_admin_state,
+        rel::DelegatedAdminState::Reassigned as i32
+    );
+
+    // The customer sees its partners and what changed in its tenant.
+    let partners = app
+        .customers()
+        .list_partners(req(
+            &customer.admin_token,
+            rel::ListPartnersRequest {
+                customer_tenant_id: customer.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .partners;
+    assert_eq!(partners.len(), 1, "only P1 still holds a relationship");
+    assert_eq!(partners[0].display_name, "Fabrikam");
+    let events = app
+        .customers()
+        .list_audit_events(req(
+            &customer.admin_token,
+            rel::ListAuditEventsRequest {
+                tenant_id: customer.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "relationships.delegated_admin.remove",
+            "relationships.delegated_admin.reassign",
+            "relationships.delegated_admin.accept",
+            "relationships.reseller.accept",
+        ]
+    );
+    // What P1 did inside the customer is in identity's trail, marked delegated.
+    let identity_events = app
+        .tenants()
+        .list_audit_events(req(
+            &customer.admin_token,
+            ListAuditEventsRequest {
+                tenant_id: customer.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(identity_events
+        .iter()
+        .any(|e| e.delegated && e.actor_tenant_id == p1.id));
+}
+backend_test!(a_partner_wins_a_customer_administers_it_and_loses_it_to_reassignment);
+
+async fn of_32_concurrent_acceptances_exactly_one_becomes_active(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let customer = app.tenant(TenantKind::Customer, "Contoso").await;
+    let mut codes = Vec::new();
+    for i in 0..32 {
+        let p = app
+            .partner(
+                &format!("Partner {i}"),
+                &[PartnerAuthorization::DelegatedAdmin],
+            )
+            .await;
+        codes.push(app.offer(&p).await);
+    }
+    let mut tasks = Vec::new();
+    for code in codes {
+        let (channel, token, id) = (
+            app.channel.clone(),
+            customer.admin_token.clone(),
+            customer.id.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            rel::delegated_admin_service_client::DelegatedAdminServiceClient::new(channel)
+                .accept_delegated_admin_offer(req(
+                    &token,
+                    rel::AcceptDelegatedAdminOfferRequest {
+                        code,
+                        customer_tenant_id: id,
+                        ..Default::default()
+                    },
+                ))
+                .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(s) => assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(
+        app.rel_count("SELECT COUNT(*) FROM delegated_admin_relationships WHERE state = 'ACTIVE'")
+            .await,
+        1
+    );
+    // Identity agrees: exactly one partner holds an active grant.
+    let mut active = 0;
+    for _ in 0..100 {
+        active = app
+            .count("SELECT COUNT(*) FROM delegated_grants WHERE state = 'ACTIVE'")
+            .await;
+        if active == 1 && app.rel_count("SELECT COUNT(*) FROM grant_outbox").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(active, 1);
+}
+backend_test!(of_32_concurrent_acceptances_exactly_one_becomes_active);
+
+async fn grant_changes_made_while_identity_is_unreachable_arrive_in_order_once_it_is_back(
+    b: Backend,
+) {
+    let (app, proxy) = TestApp::spawn_with_grant_proxy(b).await;
+    let p1 = app
+        .partner("Fabrikam", &[PartnerAuthorization::DelegatedAdmin])
+        .await;
+    let p2 = app
+        .partner("Northwind", &[PartnerAuthorization::DelegatedAdmin])
+        .await;
+    let customer = app.tenant(TenantKind::Customer, "Contoso").await;
+    let full = SupportedCompaniesAccess::Full;
+    let a1 = app
+        .user(
+            &p1.admin_token,
+            &p1,
+            "agent",
+            CompanyRole::Unspecified,
+            full,
+        )
+        .await;
+    let a2 = app
+        .user(
+            &p2.admin_token,
+            &p2,
+            "agent",
+            CompanyRole::Unspecified,
+            full,
+        )
+        .await;
+    let (c1, c2) = (app.offer(&p1).await, app.offer(&p2).await);
+
+    proxy.down();
+    // P1 active → reassigned to P2 → P2 removed → P1 active again, all unseen by identity.
+    app.accept(&customer, &c1, false).await.unwrap();
+    app.accept(&customer, &c2, true).await.unwrap();
+    app.delegated()
+        .remove_delegated_admin(req(
+            &customer.admin_token,
+            rel::RemoveDelegatedAdminRequest {
+                customer_tenant_id: customer.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    app.accept(&customer, &app.offer(&p1).await, false)
+        .await
+        .unwrap();
+    assert_eq!(app.rel_count("SELECT COUNT(*) FROM grant_outbox").await, 5);
+    assert_eq!(app.count("SELECT COUNT(*) FROM delegated_grants").await, 0);
+    assert!(!app.may(&a1.token, &customer, Permission::UsersManage).await);
+
+    proxy.up();
+    assert!(
+        app.await_access(
+            &a1.token,
+            &customer,
+            Permission::UsersManage,
+            true,
+            Duration::from_secs(5)
+        )
+        .await
+    );
+    let mut left = 1;
+    for _ in 0..250 {
+        left = app.rel_count("SELECT COUNT(*) FROM grant_outbox").await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 0, "every change was delivered");
+    assert!(!app.may(&a2.token, &customer, Permission::UsersManage).await);
+    // The newest version of each pair won, whatever the delivery order.
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM delegated_grants WHERE state = 'ACTIVE' AND version = 3")
+            .await,
+        1,
+        "P1: active(1), reassigned(2), active(3)"
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM delegated_grants WHERE state = 'REMOVED' AND version = 2")
+            .await,
+        1,
+        "P2: active(1), removed(2)"
+    );
+}
+backend_test!(grant_changes_made_while_identity_is_unreachable_arrive_in_order_once_it_is_back);
