@@ -5,6 +5,8 @@ mod helpers;
 mod access;
 mod auth;
 mod bootstrap;
+mod customers;
 mod delegated;
+mod links;
 mod tenants;
 mod users;
