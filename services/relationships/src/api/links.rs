@@ -82,6 +82,7 @@ impl Relationships {
     }
 
     /// Revokes one of the partner's links; revoking twice is a no-op.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn revoke_link<M: prost::Message + Default>(
         &self,
         ctx: &Ctx,
