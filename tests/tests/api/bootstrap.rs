@@ -9,7 +9,7 @@ use tonic_health::pb::{
 
 use crate::{backend_test, helpers::*};
 
-async fn every_identity_service_reports_serving(b: Backend) {
+async fn every_service_reports_serving(b: Backend) {
     let app = TestApp::spawn(b).await;
     let mut health = HealthClient::new(app.channel.clone());
     for service in [
@@ -18,6 +18,10 @@ async fn every_identity_service_reports_serving(b: Backend) {
         "sovra.identity.v1.UserService",
         "sovra.identity.v1.AuthService",
         "sovra.identity.v1.AccessService",
+        "sovra.relationships.v1.CustomerService",
+        "sovra.relationships.v1.ResellerService",
+        "sovra.relationships.v1.DelegatedAdminService",
+        "sovra.relationships.v1.ServiceRequestService",
     ] {
         let status = health
             .check(HealthCheckRequest {
@@ -31,7 +35,7 @@ async fn every_identity_service_reports_serving(b: Backend) {
     }
     app.stop().await;
 }
-backend_test!(every_identity_service_reports_serving);
+backend_test!(every_service_reports_serving);
 
 async fn a_database_of_another_instance_is_refused(b: Backend) {
     let db = TestDb::new(b).await;
@@ -62,3 +66,80 @@ async fn plaintext_is_refused_off_loopback() {
     sovra::refuse_plaintext_off_loopback(&"127.0.0.1:50051".parse().unwrap()).unwrap();
     sovra::refuse_plaintext_off_loopback(&"[::1]:50051".parse().unwrap()).unwrap();
 }
+
+async fn relationships_served_alone_calls_identity_served_elsewhere(b: Backend) {
+    let db = TestDb::new(b).await;
+    let key = Arc::new(Keyring::generate());
+    let identity = TestApp::start_services(
+        &settings("global", &db),
+        key.clone(),
+        sovra::Services::one("identity").unwrap(),
+    )
+    .await
+    .unwrap();
+    // Without identity in the process, the URL is required.
+    let err = TestApp::start_services(
+        &settings("global", &db),
+        key.clone(),
+        sovra::Services::one("relationships").unwrap(),
+    )
+    .await
+    .err()
+    .expect("relationships alone needs identity_url");
+    assert!(
+        err.to_string().contains("relationships.identity_url"),
+        "{err}"
+    );
+    let relationships = TestApp::start_services(
+        &settings_with(
+            "global",
+            &db,
+            vec![(
+                "relationships.identity_url".into(),
+                format!("http://{}", identity.addr),
+            )],
+        ),
+        key,
+        sovra::Services::one("relationships").unwrap(),
+    )
+    .await
+    .unwrap();
+    let p = identity
+        .partner("Fabrikam", &[PartnerAuthorization::DelegatedAdmin])
+        .await;
+    let c = identity.tenant(TenantKind::Customer, "Contoso").await;
+    let code = relationships.offer(&p).await;
+    let agent = identity
+        .user(
+            &p.admin_token,
+            &p,
+            "agent",
+            CompanyRole::Unspecified,
+            SupportedCompaniesAccess::Full,
+        )
+        .await;
+    assert!(
+        !identity
+            .may(&agent.token, &c, Permission::UsersManage)
+            .await
+    );
+    relationships.accept(&c, &code, false).await.unwrap();
+    assert!(
+        identity
+            .may(&agent.token, &c, Permission::UsersManage)
+            .await
+    );
+    // Each process serves only its own services.
+    let s = relationships
+        .tenants()
+        .get_tenant(req(
+            &p.admin_token,
+            GetTenantRequest {
+                tenant_id: p.id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unimplemented);
+}
+backend_test!(relationships_served_alone_calls_identity_served_elsewhere);

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use sovra::App;
+use sovra::{App, Services};
 use sovra_proto::identity::v1 as pb;
 use sovra_runtime::{
     auth::{Authority, Keyring},
@@ -237,8 +237,17 @@ impl TestApp {
 
     /// Starts an app over `settings` (the database is the caller's).
     pub async fn start(settings: &Settings, keyring: Arc<Keyring>) -> anyhow::Result<TestApp> {
+        Self::start_services(settings, keyring, Services::ALL).await
+    }
+
+    /// Starts an app serving only `services`, as `sovra serve` does.
+    pub async fn start_services(
+        settings: &Settings,
+        keyring: Arc<Keyring>,
+        services: Services,
+    ) -> anyhow::Result<TestApp> {
         let clock = ManualClock::default();
-        let app = App::build(settings, keyring, Arc::new(clock.clone())).await?;
+        let app = App::build_services(settings, keyring, Arc::new(clock.clone()), services).await?;
         let addr = app.addr();
         let authority = app.authority().clone();
         let operator = authority.issue_operator(24 * 3600).value;
