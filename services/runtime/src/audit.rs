@@ -143,13 +143,9 @@ pub async fn list(
     .bind(size + 1)
     .fetch_all(db.read())
     .await?;
-    let next = if rows.len() as i64 > size {
-        rows.truncate(size as usize);
-        let last = &rows[rows.len() - 1];
-        paging::encode_token("audit", &[&last.1.to_string(), &last.0])
-    } else {
-        String::new()
-    };
+    let next = paging::cut(&mut rows, size, "audit", |r| {
+        vec![r.1.to_string(), r.0.clone()]
+    });
     let events = rows
         .into_iter()
         .map(|r| pb::AuditEvent {

@@ -44,6 +44,24 @@ pub fn decode_token(kind: &str, token: &str, parts: usize) -> Result<Option<Vec<
     Ok(Some(v))
 }
 
+/// Cuts `rows`, fetched with `size + 1`, to one page, and returns the token
+/// of the page after it (empty on the last page): the keyset position of the
+/// page's last row, as `position` gives it.
+pub fn cut<T>(
+    rows: &mut Vec<T>,
+    size: i64,
+    kind: &str,
+    position: impl Fn(&T) -> Vec<String>,
+) -> String {
+    if rows.len() as i64 <= size {
+        return String::new();
+    }
+    rows.truncate(size as usize);
+    let parts = rows.last().map(position).unwrap_or_default();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    encode_token(kind, &parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +76,17 @@ mod tests {
         assert!(decode_token("audit", &t, 2).is_err());
         assert!(decode_token("users", "!!", 2).is_err());
         assert_eq!(decode_token("users", "", 2).unwrap(), None);
+    }
+
+    #[test]
+    fn a_page_is_cut_after_its_last_row() {
+        let mut rows = vec!["a", "b", "c"];
+        let next = cut(&mut rows, 2, "x", |r| vec![r.to_string()]);
+        assert_eq!(rows, ["a", "b"]);
+        assert_eq!(decode_token("x", &next, 1).unwrap().unwrap(), ["b"]);
+        let mut last = vec!["a", "b"];
+        assert_eq!(cut(&mut last, 2, "x", |r| vec![r.to_string()]), "");
+        assert_eq!(last.len(), 2);
     }
 
     #[test]

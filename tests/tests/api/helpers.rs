@@ -536,6 +536,19 @@ impl TestApp {
         count_in(&self.db_url, sql).await
     }
 
+    /// Polls until relationships' grant outbox is empty, for at most
+    /// `within`; returns how many changes are still undelivered.
+    pub async fn drain_outbox(&self, within: std::time::Duration) -> i64 {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = self.rel_count("SELECT COUNT(*) FROM grant_outbox").await;
+            if left == 0 || std::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Counts rows straight from relationships' database.
     pub async fn rel_count(&self, sql: &str) -> i64 {
         count_in(&self.rel_db_url, sql).await

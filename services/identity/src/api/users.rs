@@ -159,12 +159,7 @@ impl pb::user_service_server::UserService for Identity {
             self.cutoff(),
         )
         .await?;
-        let next_page_token = if rows.len() as i64 > size {
-            rows.truncate(size as usize);
-            paging::encode_token(token_kind, &[&rows[rows.len() - 1].upn])
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::cut(&mut rows, size, token_kind, |u| vec![u.upn.clone()]);
         Ok(Response::new(pb::ListUsersResponse {
             users: rows
                 .iter()

@@ -476,14 +476,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         };
         let mut rows =
             delegated::list(self.db().read(), side, state, before.as_deref(), size + 1).await?;
-        let next_page_token = if rows.len() as i64 > size {
-            rows.truncate(size as usize);
-            rows.last()
-                .map(|d| paging::encode_token("dar", &[&d.id]))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::cut(&mut rows, size, "dar", |r| vec![r.id.clone()]);
         Ok(Response::new(pb::ListDelegatedAdminRelationshipsResponse {
             relationships: rows.iter().map(relationship_to_pb).collect(),
             next_page_token,

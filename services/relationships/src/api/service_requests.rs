@@ -323,14 +323,7 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
             size + 1,
         )
         .await?;
-        let next_page_token = if rows.len() as i64 > size {
-            rows.truncate(size as usize);
-            rows.last()
-                .map(|s| paging::encode_token("sr", &[&s.id]))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::cut(&mut rows, size, "sr", |r| vec![r.id.clone()]);
         Ok(Response::new(pb::ListServiceRequestsResponse {
             service_requests: rows.iter().map(service_request_to_pb).collect(),
             next_page_token,
