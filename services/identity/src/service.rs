@@ -236,17 +236,14 @@ impl Identity {
     /// Runs [`Identity::housekeep`] every `purge_interval` until dropped.
     pub fn spawn_housekeeping(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(this.cfg().purge_interval);
-            loop {
-                tick.tick().await;
-                match this.housekeep().await {
-                    Ok((0, 0)) => {}
-                    Ok((users, keys)) => {
-                        tracing::info!(users, request_ids = keys, "housekeeping purged")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "housekeeping failed; will retry"),
+        sovra_runtime::server::spawn_every(this.cfg().purge_interval, "housekeeping", move || {
+            let this = this.clone();
+            async move {
+                let (users, keys) = this.housekeep().await?;
+                if (users, keys) != (0, 0) {
+                    tracing::info!(users, request_ids = keys, "housekeeping purged");
                 }
+                Ok(())
             }
         })
     }

@@ -55,7 +55,7 @@ impl IdentityClient {
 
     fn bearer(&self) -> String {
         let mut slot = self.token.lock().unwrap_or_else(|p| p.into_inner());
-        let now = self.authority_now();
+        let now = self.authority.now_ms();
         let fresh = slot
             .as_ref()
             .filter(|t| t.expires_at - now > RENEW_BEFORE_MS)
@@ -66,11 +66,6 @@ impl IdentityClient {
             t
         });
         format!("Bearer {}", token.value)
-    }
-
-    fn authority_now(&self) -> i64 {
-        // The token's own clock: the authority stamps expiry with it.
-        self.authority.now_ms()
     }
 
     /// A request carrying this service's token and the caller's trace.

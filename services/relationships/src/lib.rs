@@ -24,7 +24,7 @@ use sovra_runtime::{
     config::Settings,
     db::{Db, DbOpenError},
     links::LinkCodes,
-    server::ServiceSet,
+    server::{spawn_every, ServiceSet},
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -121,15 +121,14 @@ impl Relationships {
     /// The outbox sweep and hourly housekeeping, until aborted.
     pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let this = self.clone();
-        let housekeeping = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(3600));
-            loop {
-                tick.tick().await;
-                if let Err(e) = this.housekeep().await {
-                    tracing::warn!(error = %e, "relationships housekeeping failed; will retry");
-                }
-            }
-        });
+        let housekeeping = spawn_every(
+            Duration::from_secs(3600),
+            "relationships housekeeping",
+            move || {
+                let this = this.clone();
+                async move { this.housekeep().await.map(|_| ()) }
+            },
+        );
         vec![self.outbox().spawn(), housekeeping]
     }
 }

@@ -7,7 +7,6 @@ use std::{sync::Arc, time::Duration};
 
 use sovra_proto::identity::v1 as idpb;
 use sovra_runtime::{clock::SharedClock, db::Db, Error};
-use tokio::sync::Notify;
 
 use crate::{domain::states::DelegatedState, identity::IdentityClient, store::outbox};
 
@@ -20,7 +19,6 @@ pub struct Outbox {
     db: Db,
     identity: Arc<IdentityClient>,
     clock: SharedClock,
-    wake: Arc<Notify>,
     poll: Duration,
     max_backoff_ms: i64,
 }
@@ -37,7 +35,6 @@ impl Outbox {
             db,
             identity,
             clock,
-            wake: Arc::new(Notify::new()),
             poll,
             max_backoff_ms,
         }
@@ -71,17 +68,6 @@ impl Outbox {
     /// The outbox's own (wall) clock: stamps and schedules its rows.
     pub fn now(&self) -> sovra_runtime::clock::Millis {
         self.clock.now_ms()
-    }
-
-    /// Asks the background sweep to run now.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Undelivered changes, and how long the oldest has waited (ms).
-    pub async fn lag(&self) -> Result<(i64, i64), Error> {
-        let (n, oldest) = outbox::depth(self.db.read()).await?;
-        Ok((n, oldest.map_or(0, |t| self.clock.now_ms() - t)))
     }
 
     async fn deliver(&self, c: &outbox::GrantChange) -> Result<(), Error> {
@@ -126,19 +112,12 @@ impl Outbox {
         }
     }
 
-    /// Sweeps every poll interval, or sooner when woken.
+    /// Sweeps now (what a restart left behind) and every poll interval.
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = this.wake.notified() => {}
-                    _ = tokio::time::sleep(this.poll) => {}
-                }
-                if let Err(e) = this.sweep().await {
-                    tracing::warn!(error = %e, "grant outbox sweep failed; will retry");
-                }
-            }
+        sovra_runtime::server::spawn_every(this.poll, "grant outbox sweep", move || {
+            let this = this.clone();
+            async move { this.sweep().await.map(|_| ()) }
         })
     }
 }

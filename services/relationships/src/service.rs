@@ -17,7 +17,6 @@ use sovra_runtime::{
     Error,
 };
 pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
-use tonic::Request;
 
 use crate::{
     identity::{Access, IdentityClient},
@@ -241,7 +240,10 @@ impl Relationships {
             ));
         }
         if !programs.is_empty() && !t.partner_authorizations().any(|a| programs.contains(&a)) {
-            let names: Vec<&str> = programs.iter().map(|p| program_name(*p)).collect();
+            let names: Vec<&str> = programs
+                .iter()
+                .map(|p| p.as_str_name().trim_start_matches("PARTNER_AUTHORIZATION_"))
+                .collect();
             return Err(Error::failed_precondition(
                 "PARTNER_NOT_AUTHORIZED",
                 format!(
@@ -293,20 +295,5 @@ impl Relationships {
             self.now() - self.cfg().idempotency_retention_ms,
         )
         .await
-    }
-}
-
-pub(crate) fn ctx<T>(req: &Request<T>) -> Result<Ctx, Error> {
-    Ctx::of(req)
-}
-
-/// A partner program's wire name, for messages.
-pub(crate) fn program_name(p: idpb::PartnerAuthorization) -> &'static str {
-    match p {
-        idpb::PartnerAuthorization::DelegatedAdmin => "DELEGATED_ADMIN",
-        idpb::PartnerAuthorization::SubscriptionAdvisor => "SUBSCRIPTION_ADVISOR",
-        idpb::PartnerAuthorization::ServiceProvider => "SERVICE_PROVIDER",
-        idpb::PartnerAuthorization::CloudReseller => "CLOUD_RESELLER",
-        idpb::PartnerAuthorization::Unspecified => "UNSPECIFIED",
     }
 }

@@ -101,6 +101,30 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining");
 }
 
+/// Runs `job` now and then every `period` until the task is aborted. A
+/// failure is logged as `{what} failed` and the job runs again next period.
+pub fn spawn_every<F, Fut>(
+    period: std::time::Duration,
+    what: &'static str,
+    mut job: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), crate::Error>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        // A slow run delays the next one instead of bunching them up.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = job().await {
+                tracing::warn!(error = %e, "{what} failed; will retry");
+            }
+        }
+    })
+}
+
 /// True for loopback addresses, where plaintext is allowed.
 pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()

@@ -7,7 +7,7 @@ use tonic::{Request, Response};
 
 use super::{convert::*, Rpc};
 use crate::{
-    service::{ctx, Relationships},
+    service::Relationships,
     store::customers::{self, CustomerQuery},
 };
 
@@ -39,7 +39,7 @@ impl pb::customer_service_server::CustomerService for Relationships {
         &self,
         req: Request<pb::ListCustomersRequest>,
     ) -> Rpc<pb::ListCustomersResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
         let query = r.query.trim();
@@ -90,7 +90,7 @@ impl pb::customer_service_server::CustomerService for Relationships {
         &self,
         req: Request<pb::GetCustomerRequest>,
     ) -> Rpc<pb::GetCustomerResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
@@ -112,7 +112,7 @@ impl pb::customer_service_server::CustomerService for Relationships {
         &self,
         req: Request<pb::ListPartnersRequest>,
     ) -> Rpc<pb::ListPartnersResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         if !ctx.caller.is_operator() {
@@ -135,7 +135,7 @@ impl pb::customer_service_server::CustomerService for Relationships {
         &self,
         req: Request<pb::ListAuditEventsRequest>,
     ) -> Rpc<pb::ListAuditEventsResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let tenant = self.tenant_id("tenant_id", &r.tenant_id)?;
         if !ctx.caller.is_operator() {

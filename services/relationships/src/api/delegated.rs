@@ -17,7 +17,7 @@ use tonic::{Request, Response};
 use super::{convert::*, Rpc};
 use crate::{
     domain::states::{DelegatedState, LinkKind},
-    service::{ctx, Change, Relationships},
+    service::{Change, Relationships},
     store::{
         customers,
         delegated::{self, Relationship, Side},
@@ -100,7 +100,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         &self,
         req: Request<pb::CreateDelegatedAdminOfferRequest>,
     ) -> Rpc<pb::CreateDelegatedAdminOfferResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         self.require_feature(Feature::DelegatedAdmin)?;
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
@@ -184,7 +184,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         &self,
         req: Request<pb::AcceptDelegatedAdminOfferRequest>,
     ) -> Rpc<pb::AcceptDelegatedAdminOfferResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         self.require_feature(Feature::DelegatedAdmin)?;
         let link = self.live_link(LinkKind::DelegatedAdmin, &r.code).await?;
@@ -319,7 +319,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         &self,
         req: Request<pb::RemoveDelegatedAdminRequest>,
     ) -> Rpc<pb::RemoveDelegatedAdminResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         // No feature check: a customer can always end delegated administration.
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
@@ -392,7 +392,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         &self,
         req: Request<pb::RevokeDelegatedAdminOfferRequest>,
     ) -> Rpc<pb::RevokeDelegatedAdminOfferResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let idem = Idempotency::new(&ctx.caller, "RevokeDelegatedAdminOffer", &r.request_id, &r)?;
         let resp = self
@@ -416,7 +416,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         &self,
         req: Request<pb::GetDelegatedAdminRelationshipRequest>,
     ) -> Rpc<pb::GetDelegatedAdminRelationshipResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let tenant = self.tenant_id("tenant_id", &r.tenant_id)?;
         if r.id.is_empty() {
@@ -431,16 +431,13 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
                 ),
             )
         };
-        let rel = delegated::get(self.db().read(), &r.id).await?;
-        let partner_side = match &rel {
-            Some(d) if d.partner_tenant_id == tenant.as_str() => true,
-            Some(d) if d.customer_tenant_id == tenant.as_str() => false,
-            _ => {
-                // Still authorize first, so ids can't be probed across tenants.
-                self.require_side(&ctx, &tenant, false).await?;
-                return Err(not_found().into());
-            }
-        };
+        let rel = delegated::get(self.db().read(), &r.id).await?.filter(|d| {
+            d.partner_tenant_id == tenant.as_str() || d.customer_tenant_id == tenant.as_str()
+        });
+        let partner_side = rel
+            .as_ref()
+            .is_some_and(|d| d.partner_tenant_id == tenant.as_str());
+        // Authorize before answering, so ids can't be probed across tenants.
         self.require_side(&ctx, &tenant, partner_side).await?;
         let rel = rel.ok_or_else(not_found)?;
         Ok(Response::new(pb::GetDelegatedAdminRelationshipResponse {
@@ -452,7 +449,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         &self,
         req: Request<pb::ListDelegatedAdminRelationshipsRequest>,
     ) -> Rpc<pb::ListDelegatedAdminRelationshipsResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let (tenant, partner_side) = match (r.partner_tenant_id.is_empty(), r.customer_tenant_id.is_empty()) {
             (false, true) => (self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?, true),

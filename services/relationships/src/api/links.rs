@@ -111,16 +111,19 @@ impl Relationships {
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(prev);
         }
-        let before = links::get(&mut *tx, id)
+        let mut link = links::get(&mut *tx, id)
             .await?
             .filter(|l| l.kind == kind && l.partner_tenant_id == partner.as_str())
             .ok_or_else(not_found)?;
-        let link = links::revoke(&mut tx, id, self.now())
-            .await?
-            .ok_or_else(not_found)?;
+        let newly = link.revoked_at.is_none();
+        if newly {
+            let now = self.now();
+            links::revoke(&mut tx, id, now).await?;
+            link.revoked_at = Some(now);
+        }
         let resp = respond(&link);
         let action = format!("relationships.{}.revoke", kind.as_str().replace('-', "_"));
-        let change = before.revoked_at.is_none().then(|| Change {
+        let change = newly.then(|| Change {
             tenant_id: partner.as_str(),
             delegated: false,
             action: &action,

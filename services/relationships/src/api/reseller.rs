@@ -2,7 +2,7 @@
 
 use sovra_proto::{identity::v1 as idpb, relationships::v1 as pb};
 use sovra_runtime::{
-    auth::trace_id,
+    auth::{trace_id, Ctx},
     clock::to_timestamp,
     features::Feature,
     idempotency::{replay, Idempotency},
@@ -13,7 +13,7 @@ use tonic::{Request, Response};
 use super::{convert::*, Rpc};
 use crate::{
     domain::{email::reseller_draft, states::LinkKind},
-    service::{ctx, Change, Relationships},
+    service::{Change, Relationships},
     store::{customers, links},
 };
 
@@ -23,7 +23,7 @@ impl pb::reseller_service_server::ResellerService for Relationships {
         &self,
         req: Request<pb::CreateResellerRequestRequest>,
     ) -> Rpc<pb::CreateResellerRequestResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         self.require_feature(Feature::ResellerRelationships)?;
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
@@ -75,7 +75,7 @@ impl pb::reseller_service_server::ResellerService for Relationships {
         &self,
         req: Request<pb::AcceptResellerRequestRequest>,
     ) -> Rpc<pb::AcceptResellerRequestResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         self.require_feature(Feature::ResellerRelationships)?;
         let link = self.live_link(LinkKind::Reseller, &r.code).await?;
@@ -140,7 +140,7 @@ impl pb::reseller_service_server::ResellerService for Relationships {
         &self,
         req: Request<pb::RevokeResellerRequestRequest>,
     ) -> Rpc<pb::RevokeResellerRequestResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let idem = Idempotency::new(&ctx.caller, "RevokeResellerRequest", &r.request_id, &r)?;
         let resp = self

@@ -13,7 +13,7 @@ use tonic::{Request, Response};
 use super::{convert::*, Rpc};
 use crate::{
     domain::states::ServiceRequestState,
-    service::{ctx, Change, Relationships},
+    service::{Change, Relationships},
     store::{
         customers,
         service_requests::{self, ServiceRequestRow},
@@ -134,7 +134,7 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
         &self,
         req: Request<pb::CreateServiceRequestRequest>,
     ) -> Rpc<pb::CreateServiceRequestResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         let title = r.title.trim();
@@ -190,7 +190,7 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
         &self,
         req: Request<pb::SubmitServiceRequestRequest>,
     ) -> Rpc<pb::SubmitServiceRequestResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         if r.id.is_empty() {
@@ -232,7 +232,7 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
         &self,
         req: Request<pb::UpdateServiceRequestStateRequest>,
     ) -> Rpc<pb::UpdateServiceRequestStateResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         if !ctx.caller.is_operator() {
             return Err(Error::permission_denied(
                 "OPERATOR_REQUIRED",
@@ -292,7 +292,7 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
         &self,
         req: Request<pb::GetServiceRequestRequest>,
     ) -> Rpc<pb::GetServiceRequestResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         self.service_request_reader(&ctx, &customer).await?;
@@ -308,7 +308,7 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
         &self,
         req: Request<pb::ListServiceRequestsRequest>,
     ) -> Rpc<pb::ListServiceRequestsResponse> {
-        let ctx = ctx(&req)?;
+        let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         let state = sr_state_from_pb("state", r.state)?;

@@ -209,13 +209,15 @@ enum Branch {
 /// One page of a partner's customers: two index range scans (by name key,
 /// and by domain key for customers whose name does not match) merged.
 pub async fn page(pool: &AnyPool, q: &CustomerQuery<'_>) -> Result<Page<CustomerRow>, Error> {
-    let range = if q.query.trim().is_empty() {
+    let all = q.query.trim().is_empty();
+    let range = if all {
         KeyRange::all()
     } else {
         KeyRange::prefix(q.query)
     };
     let names = branch(pool, Branch::Name, &range, q, None).await?;
-    let domains = if q.query.trim().is_empty() {
+    let domains = if all {
+        // Every customer matches by name: the domain branch would add nothing.
         Vec::new()
     } else {
         let upto = branch_bound(&names, q.limit);

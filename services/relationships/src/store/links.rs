@@ -76,12 +76,12 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
         .transpose()
 }
 
-/// Marks the link revoked (once). Returns the record as it now is.
-pub async fn revoke(tx: &mut Tx, id: &str, now: Millis) -> Result<Option<LinkRecord>, Error> {
+/// Marks the link revoked (once).
+pub async fn revoke(tx: &mut Tx, id: &str, now: Millis) -> Result<(), Error> {
     sqlx::query("UPDATE links SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
         .bind(id)
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    get(&mut **tx, id).await
+    Ok(())
 }

@@ -108,14 +108,3 @@ pub async fn failed<'e, E: Executor<'e, Database = Any>>(
     .await?;
     Ok(())
 }
-
-/// Undelivered changes and the oldest one's age base.
-pub async fn depth<'e, E: Executor<'e, Database = Any>>(
-    ex: E,
-) -> Result<(i64, Option<Millis>), Error> {
-    let (n, oldest): (i64, Option<i64>) =
-        sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM grant_outbox")
-            .fetch_one(ex)
-            .await?;
-    Ok((n, oldest))
-}
