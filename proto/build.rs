@@ -4,11 +4,17 @@
 use std::{env, fs, path::PathBuf};
 
 const PROTOS: &[&str] = &[
+    "sovra/commerce/v1/catalog.proto",
+    "sovra/commerce/v1/links.proto",
+    "sovra/commerce/v1/notifications.proto",
+    "sovra/commerce/v1/product_keys.proto",
+    "sovra/commerce/v1/subscriptions.proto",
     "sovra/common/v1/common.proto",
     "sovra/identity/v1/access.proto",
     "sovra/identity/v1/auth.proto",
     "sovra/identity/v1/tenant.proto",
     "sovra/identity/v1/user.proto",
+    "sovra/relationships/v1/advisors.proto",
     "sovra/relationships/v1/customers.proto",
     "sovra/relationships/v1/delegated_admin.proto",
     "sovra/relationships/v1/reseller.proto",

@@ -24,3 +24,9 @@ pub mod relationships {
         tonic::include_proto!("sovra.relationships.v1");
     }
 }
+
+pub mod commerce {
+    pub mod v1 {
+        tonic::include_proto!("sovra.commerce.v1");
+    }
+}

@@ -5,7 +5,6 @@
 
 pub mod api;
 pub mod domain;
-pub mod identity;
 pub mod outbox;
 pub mod service;
 pub mod store;
@@ -24,9 +23,12 @@ use sovra_runtime::{
     config::Settings,
     db::{Db, DbOpenError},
     links::LinkCodes,
+    peers::IdentityClient,
     server::{spawn_every, ServiceSet},
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+pub use sovra_runtime::peers::channel;
 
 pub use service::{Relationships, RelationshipsConfig};
 
@@ -44,15 +46,6 @@ pub async fn open_database(settings: &Settings) -> Result<Db, DbOpenError> {
     db.prepare(&settings.instance.name, SERVICE, store::MIGRATIONS)
         .await?;
     Ok(db)
-}
-
-/// A lazily connected channel to another Sovra service at `url`.
-pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect_lazy())
 }
 
 /// Builds the service over an opened database. `identity` serves access
@@ -74,7 +67,7 @@ pub fn build(
     );
     let outbox = outbox::Outbox::new(
         db.clone(),
-        Arc::new(identity::IdentityClient::new(grant_push, authority.clone())),
+        Arc::new(IdentityClient::new(grant_push, SERVICE, authority.clone())),
         // Retries wait on real time, whatever clock the business rules use.
         Arc::new(sovra_runtime::clock::SystemClock),
         Duration::from_millis(rel.outbox_poll_interval_ms),
@@ -82,7 +75,7 @@ pub fn build(
     );
     Relationships::new(
         db,
-        Arc::new(identity::IdentityClient::new(identity, authority)),
+        Arc::new(IdentityClient::new(identity, SERVICE, authority)),
         outbox,
         links,
         clock,

@@ -8,7 +8,9 @@ use std::{sync::Arc, time::Duration};
 use sovra_proto::identity::v1 as idpb;
 use sovra_runtime::{clock::SharedClock, db::Db, Error};
 
-use crate::{domain::states::DelegatedState, identity::IdentityClient, store::outbox};
+use sovra_runtime::peers::IdentityClient;
+
+use crate::{domain::states::DelegatedState, store::outbox};
 
 const BATCH: i64 = 100;
 const FIRST_BACKOFF_MS: i64 = 200;

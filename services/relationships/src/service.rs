@@ -18,11 +18,9 @@ use sovra_runtime::{
 };
 pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 
-use crate::{
-    identity::{Access, IdentityClient},
-    outbox::Outbox,
-    store::customers,
-};
+use sovra_runtime::peers::{Access, IdentityClient};
+
+use crate::{outbox::Outbox, store::customers};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -223,36 +221,9 @@ impl Relationships {
         partner: &TenantId,
         programs: &[idpb::PartnerAuthorization],
     ) -> Result<idpb::Tenant, Error> {
-        let t = self
-            .identity()
-            .tenant("partner_tenant_id", partner.as_str(), &ctx.trace_id)
-            .await?;
-        if t.kind() != idpb::TenantKind::Partner {
-            return Err(Error::invalid(
-                "partner_tenant_id",
-                "names a customer tenant, not a partner",
-            ));
-        }
-        if t.partner_status() == idpb::PartnerStatus::Suspended {
-            return Err(Error::failed_precondition(
-                "PARTNER_SUSPENDED",
-                format!("partner {partner} is suspended; the operator must reinstate it first"),
-            ));
-        }
-        if !programs.is_empty() && !t.partner_authorizations().any(|a| programs.contains(&a)) {
-            let names: Vec<&str> = programs
-                .iter()
-                .map(|p| p.as_str_name().trim_start_matches("PARTNER_AUTHORIZATION_"))
-                .collect();
-            return Err(Error::failed_precondition(
-                "PARTNER_NOT_AUTHORIZED",
-                format!(
-                    "partner {partner} is not authorized {}; the operator grants partner programs",
-                    names.join(" or ")
-                ),
-            ));
-        }
-        Ok(t)
+        self.identity()
+            .partner("partner_tenant_id", partner.as_str(), programs, &ctx.trace_id)
+            .await
     }
 
     /// The customer tenant named in `field`, which must be a customer.
@@ -262,17 +233,9 @@ impl Relationships {
         field: &str,
         customer: &TenantId,
     ) -> Result<idpb::Tenant, Error> {
-        let t = self
-            .identity()
-            .tenant(field, customer.as_str(), &ctx.trace_id)
-            .await?;
-        if t.kind() != idpb::TenantKind::Customer {
-            return Err(Error::failed_precondition(
-                "NOT_A_CUSTOMER",
-                format!("tenant {customer} is a partner tenant; only customer tenants accept partner relationships"),
-            ));
-        }
-        Ok(t)
+        self.identity()
+            .customer(field, customer.as_str(), &ctx.trace_id)
+            .await
     }
 
     /// Audits, remembers and commits; see [`audit::commit`].

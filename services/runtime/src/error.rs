@@ -2,7 +2,7 @@
 //! with `google.rpc.ErrorInfo` (a stable UPPER_SNAKE reason) and, for bad
 //! input, `google.rpc.BadRequest` field violations.
 
-use std::{collections::HashMap, fmt, time::Duration};
+use std::{borrow::Cow, collections::HashMap, fmt, time::Duration};
 
 use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt};
@@ -38,7 +38,7 @@ pub struct FieldViolation {
 pub struct Error {
     pub code: ErrorCode,
     /// Stable, UPPER_SNAKE, part of the contract.
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
     pub message: String,
     pub violations: Vec<FieldViolation>,
     pub retry_after: Option<Duration>,
@@ -51,7 +51,7 @@ impl Error {
     pub fn new(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
-            reason,
+            reason: Cow::Borrowed(reason),
             message: message.into(),
             violations: Vec::new(),
             retry_after: None,
@@ -156,6 +156,39 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl Error {
+    /// Another Sovra service's refusal, re-raised with its reason, message
+    /// and field violations (the caller's input was at fault, not ours).
+    pub fn from_peer(s: Status, fallback_reason: &'static str) -> Self {
+        let code = match s.code() {
+            tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,
+            tonic::Code::NotFound => ErrorCode::NotFound,
+            tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
+            tonic::Code::PermissionDenied => ErrorCode::PermissionDenied,
+            tonic::Code::Unauthenticated => ErrorCode::Unauthenticated,
+            tonic::Code::FailedPrecondition => ErrorCode::FailedPrecondition,
+            tonic::Code::Aborted => ErrorCode::Aborted,
+            tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+            tonic::Code::Unavailable => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        };
+        let details = s.get_error_details();
+        let reason = details
+            .error_info()
+            .map(|i| Cow::Owned(i.reason.clone()))
+            .unwrap_or(Cow::Borrowed(fallback_reason));
+        let mut e = Error::new(code, fallback_reason, s.message());
+        e.reason = reason;
+        if let Some(br) = details.bad_request() {
+            for v in &br.field_violations {
+                e = e.with_violation(v.field.clone(), v.description.clone());
+            }
+        }
+        e.retry_after = details.retry_info().and_then(|r| r.retry_delay);
+        e
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         Error::internal(e)
@@ -180,10 +213,10 @@ impl From<Error> for Status {
         if e.code == ErrorCode::Internal {
             tracing::error!(error = %e, "internal error");
         } else {
-            tracing::debug!(code = ?e.code, reason = e.reason, message = %e.message, "request rejected");
+            tracing::debug!(code = ?e.code, reason = %e.reason, message = %e.message, "request rejected");
         }
         let mut details = ErrorDetails::new();
-        details.set_error_info(e.reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+        details.set_error_info(e.reason.clone(), ERROR_DOMAIN, HashMap::<String, String>::new());
         for v in &e.violations {
             details.add_bad_request_violation(v.field.clone(), v.description.clone());
         }

@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod links;
 pub mod paging;
+pub mod peers;
 pub mod server;
 
 pub use error::{Error, ErrorCode, Result};

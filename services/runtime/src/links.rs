@@ -202,7 +202,7 @@ mod tests {
         let bad: String = chars.into_iter().collect();
         let e = c.verify("code", "reseller", &bad).unwrap_err();
         assert!(matches!(
-            e.reason,
+            e.reason.as_ref(),
             "LINK_CODE_TAMPERED" | "LINK_CODE_MALFORMED"
         ));
     }

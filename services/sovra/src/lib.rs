@@ -113,7 +113,7 @@ impl App {
                 url => url.to_owned(),
             };
             let channel = |key: &str, url: &str| {
-                sovra_relationships::channel(url)
+                sovra_runtime::peers::channel(url)
                     .with_context(|| format!("invalid configuration: {key}: `{url}`"))
             };
             let db = sovra_relationships::open_database(settings).await?;

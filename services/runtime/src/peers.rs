@@ -1,0 +1,294 @@
+//! Calling another Sovra service: lazily connected channels, a cached
+//! service token with the caller's trace, and the identity service as every
+//! other service sees it (access decisions and tenants).
+
+use std::{sync::Mutex, time::Duration};
+
+use sovra_proto::identity::v1 as idpb;
+use tonic::{
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+    Code, Request, Status,
+};
+
+use crate::{
+    auth::{Authority, Token},
+    Error,
+};
+
+/// A service token is renewed when less than this much of it is left.
+const TOKEN_TTL_SECS: u64 = 600;
+const RENEW_BEFORE_MS: i64 = 120_000;
+
+/// A lazily connected channel to another Sovra service at `url`.
+pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// This service's credentials towards its peers: a short-lived service
+/// token, minted on demand and renewed before it runs out.
+#[derive(Debug)]
+pub struct ServiceCredentials {
+    service: &'static str,
+    authority: Authority,
+    token: Mutex<Option<Token>>,
+}
+
+impl ServiceCredentials {
+    pub fn new(service: &'static str, authority: Authority) -> Self {
+        Self {
+            service,
+            authority,
+            token: Mutex::new(None),
+        }
+    }
+
+    fn bearer(&self) -> String {
+        let mut slot = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.authority.now_ms();
+        let fresh = slot
+            .as_ref()
+            .filter(|t| t.expires_at - now > RENEW_BEFORE_MS)
+            .cloned();
+        let token = fresh.unwrap_or_else(|| {
+            let t = self.authority.issue_service(self.service, TOKEN_TTL_SECS);
+            *slot = Some(t.clone());
+            t
+        });
+        format!("Bearer {}", token.value)
+    }
+
+    /// A request carrying this service's token and the caller's trace.
+    pub fn request<T>(&self, msg: T, trace_id: &str) -> Request<T> {
+        let mut req = Request::new(msg);
+        if let Ok(v) = MetadataValue::try_from(self.bearer()) {
+            req.metadata_mut().insert("authorization", v);
+        }
+        if trace_id.len() == 32 {
+            let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+            if let Ok(v) = MetadataValue::try_from(format!("00-{trace_id}-{span}-01")) {
+                req.metadata_mut().insert("traceparent", v);
+            }
+        }
+        req
+    }
+}
+
+/// A peer's failure as ours: unreachable is UNAVAILABLE (retry); a refusal
+/// the caller can act on keeps its code and message; anything else is
+/// internal (its text is logged, not shown).
+pub fn peer_error(peer: &str, s: Status) -> Error {
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::unavailable(
+            "PEER_UNAVAILABLE",
+            format!("the {peer} service is unavailable; retry shortly"),
+        ),
+        _ => Error::internal(format!("{peer} answered {:?}: {}", s.code(), s.message())),
+    }
+}
+
+/// Access and tenants from identity.
+#[derive(Debug)]
+pub struct IdentityClient {
+    channel: Channel,
+    creds: ServiceCredentials,
+}
+
+/// What identity decided, and why.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub allowed: bool,
+    pub basis: idpb::AccessBasis,
+    pub reason: String,
+}
+
+impl Access {
+    pub fn own_role(&self) -> bool {
+        self.allowed && self.basis == idpb::AccessBasis::OwnRole
+    }
+
+    pub fn delegated(&self) -> bool {
+        self.allowed
+            && matches!(
+                self.basis,
+                idpb::AccessBasis::DelegatedFull | idpb::AccessBasis::DelegatedLimited
+            )
+    }
+}
+
+impl IdentityClient {
+    /// `service` names the caller in the tokens it presents.
+    pub fn new(channel: Channel, service: &'static str, authority: Authority) -> Self {
+        Self {
+            channel,
+            creds: ServiceCredentials::new(service, authority),
+        }
+    }
+
+    pub fn credentials(&self) -> &ServiceCredentials {
+        &self.creds
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// May `user_id` do `permission` in `tenant_id`?
+    pub async fn check(
+        &self,
+        user_id: &str,
+        tenant_id: &str,
+        permission: idpb::Permission,
+        trace_id: &str,
+    ) -> Result<Access, Error> {
+        let mut client = idpb::access_service_client::AccessServiceClient::new(self.channel());
+        let resp = client
+            .check_access(self.creds.request(
+                idpb::CheckAccessRequest {
+                    user_id: user_id.to_owned(),
+                    tenant_id: tenant_id.to_owned(),
+                    permission: permission as i32,
+                },
+                trace_id,
+            ))
+            .await
+            .map_err(|s| match s.code() {
+                Code::NotFound => {
+                    Error::unauthenticated("USER_GONE", "the signed-in user no longer exists")
+                }
+                _ => peer_error("identity", s),
+            })?
+            .into_inner();
+        Ok(Access {
+            allowed: resp.allowed,
+            basis: resp.basis(),
+            reason: resp.reason,
+        })
+    }
+
+    /// The tenant, or NOT_FOUND naming `field`.
+    pub async fn tenant(
+        &self,
+        field: &str,
+        tenant_id: &str,
+        trace_id: &str,
+    ) -> Result<idpb::Tenant, Error> {
+        let mut client = idpb::tenant_service_client::TenantServiceClient::new(self.channel());
+        let resp = client
+            .get_tenant(self.creds.request(
+                idpb::GetTenantRequest {
+                    tenant_id: tenant_id.to_owned(),
+                },
+                trace_id,
+            ))
+            .await
+            .map_err(|s| match s.code() {
+                Code::NotFound => {
+                    Error::not_found("TENANT_NOT_FOUND", format!("tenant {tenant_id} not found"))
+                        .with_violation(field, "not found")
+                }
+                _ => peer_error("identity", s),
+            })?;
+        resp.into_inner()
+            .tenant
+            .ok_or_else(|| Error::internal("identity answered GetTenant without a tenant"))
+    }
+
+    /// The partner tenant named in `field`, which must be active and hold
+    /// one of `programs` (none: any partner).
+    pub async fn partner(
+        &self,
+        field: &str,
+        partner: &str,
+        programs: &[idpb::PartnerAuthorization],
+        trace_id: &str,
+    ) -> Result<idpb::Tenant, Error> {
+        let t = self.tenant(field, partner, trace_id).await?;
+        if t.kind() != idpb::TenantKind::Partner {
+            return Err(Error::invalid(field, "names a customer tenant, not a partner"));
+        }
+        if t.partner_status() == idpb::PartnerStatus::Suspended {
+            return Err(Error::failed_precondition(
+                "PARTNER_SUSPENDED",
+                format!("partner {partner} is suspended; the operator must reinstate it first"),
+            ));
+        }
+        let missing: Vec<&str> = programs
+            .iter()
+            .filter(|p| !t.partner_authorizations().any(|a| a == **p))
+            .map(|p| p.as_str_name().trim_start_matches("PARTNER_AUTHORIZATION_"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::failed_precondition(
+                "PARTNER_NOT_AUTHORIZED",
+                format!(
+                    "partner {partner} is not authorized {}; the operator grants partner programs",
+                    missing.join(" and ")
+                ),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// The customer tenant named in `field`, which must be a customer.
+    pub async fn customer(
+        &self,
+        field: &str,
+        customer: &str,
+        trace_id: &str,
+    ) -> Result<idpb::Tenant, Error> {
+        let t = self.tenant(field, customer, trace_id).await?;
+        if t.kind() != idpb::TenantKind::Customer {
+            return Err(Error::failed_precondition(
+                "NOT_A_CUSTOMER",
+                format!("tenant {customer} is a partner tenant; only customer tenants accept partner relationships"),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Pushes one grant change; the raw status lets an outbox decide to retry.
+    pub async fn apply_grant(
+        &self,
+        grant: idpb::ApplyDelegatedGrantRequest,
+    ) -> Result<idpb::ApplyDelegatedGrantResponse, Status> {
+        let mut client = idpb::access_service_client::AccessServiceClient::new(self.channel());
+        Ok(client
+            .apply_delegated_grant(self.creds.request(grant, ""))
+            .await?
+            .into_inner())
+    }
+
+    /// Creates a tenant as this service (a customer signing up through a
+    /// link); `request_id` makes retries return the first result.
+    pub async fn create_tenant(
+        &self,
+        req: idpb::CreateTenantRequest,
+        trace_id: &str,
+    ) -> Result<idpb::CreateTenantResponse, Error> {
+        let mut client = idpb::tenant_service_client::TenantServiceClient::new(self.channel());
+        client
+            .create_tenant(self.creds.request(req, trace_id))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| passthrough("identity", s))
+    }
+}
+
+/// A peer's refusal of input the caller gave (bad value, taken name) is the
+/// caller's to fix: keep its code and message. Anything else: [`peer_error`].
+pub fn passthrough(peer: &str, s: Status) -> Error {
+    let reason: &'static str = match s.code() {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::NotFound => "NOT_FOUND",
+        _ => return peer_error(peer, s),
+    };
+    Error::from_peer(s, reason)
+}
