@@ -12,6 +12,7 @@ pub mod store;
 use std::{sync::Arc, time::Duration};
 
 use sovra_proto::relationships::v1::{
+    advisor_service_server::{self, AdvisorServiceServer},
     customer_service_server::{self, CustomerServiceServer},
     delegated_admin_service_server::{self, DelegatedAdminServiceServer},
     reseller_service_server::{self, ResellerServiceServer},
@@ -84,7 +85,7 @@ pub fn build(
 }
 
 impl Relationships {
-    /// Adds the four relationships services, behind the authenticator, to `set`.
+    /// Adds the five relationships services, behind the authenticator, to `set`.
     pub fn register(&self, set: &mut ServiceSet, auth: &Authenticator) {
         set.routes
             .add_service(CustomerServiceServer::with_interceptor(
@@ -102,12 +103,17 @@ impl Relationships {
             .add_service(ServiceRequestServiceServer::with_interceptor(
                 self.clone(),
                 auth.clone(),
+            ))
+            .add_service(AdvisorServiceServer::with_interceptor(
+                self.clone(),
+                auth.clone(),
             ));
         set.names.extend([
             customer_service_server::SERVICE_NAME,
             reseller_service_server::SERVICE_NAME,
             delegated_admin_service_server::SERVICE_NAME,
             service_request_service_server::SERVICE_NAME,
+            advisor_service_server::SERVICE_NAME,
         ]);
     }
 

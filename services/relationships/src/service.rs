@@ -113,18 +113,7 @@ impl Relationships {
 
     /// A disabled capability is FAILED_PRECONDITION naming it and the instance.
     pub(crate) fn require_feature(&self, f: Feature) -> Result<(), Error> {
-        if self.cfg().features.is_enabled(f) {
-            Ok(())
-        } else {
-            Err(Error::failed_precondition(
-                "FEATURE_DISABLED",
-                format!(
-                    "the `{}` feature is turned off in instance `{}`",
-                    f.name(),
-                    self.cfg().instance
-                ),
-            ))
-        }
+        self.cfg().features.require(f, &self.cfg().instance)
     }
 
     /// The signed-in user, or PERMISSION_DENIED for the operator and services.
@@ -222,7 +211,12 @@ impl Relationships {
         programs: &[idpb::PartnerAuthorization],
     ) -> Result<idpb::Tenant, Error> {
         self.identity()
-            .partner("partner_tenant_id", partner.as_str(), programs, &ctx.trace_id)
+            .partner(
+                "partner_tenant_id",
+                partner.as_str(),
+                programs,
+                &ctx.trace_id,
+            )
             .await
     }
 

@@ -49,6 +49,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub identity: IdentitySettings,
     pub relationships: RelationshipsSettings,
+    pub commerce: CommerceSettings,
     pub features: FeatureFlags,
 }
 
@@ -114,6 +115,39 @@ pub struct RelationshipsSettings {
     pub idempotency_retention_hours: u32,
     pub outbox_poll_interval_ms: u64,
     pub outbox_max_backoff_ms: u64,
+}
+
+/// `[commerce]`: the commerce service and this instance's catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommerceSettings {
+    pub database_url: String,
+    pub max_connections: u32,
+    pub identity_url: String,
+    pub relationships_url: String,
+    pub link_ttl_days: u32,
+    pub idempotency_retention_hours: u32,
+    pub trial_expiry_interval_secs: u64,
+    pub notification_poll_interval_ms: u64,
+    pub product_key_attempts_burst: u32,
+    pub product_key_attempts_per_minute: u32,
+    /// `[[commerce.catalog]]` in the instance file.
+    #[serde(default)]
+    pub catalog: Vec<ProductSettings>,
+}
+
+/// One product of the catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductSettings {
+    pub id: String,
+    pub name: String,
+    /// Days a trial runs; 0: no trial.
+    pub trial_days: u32,
+    pub min_licenses: u32,
+    pub max_licenses: u32,
+    /// Monthly price of one license in the currency's minor unit.
+    pub unit_price_minor: u64,
 }
 
 /// A configuration problem, naming the key (and where it came from when known).
@@ -362,6 +396,77 @@ impl Settings {
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        self.validate_commerce()
+    }
+
+    fn validate_commerce(&self) -> Result<(), ConfigError> {
+        let c = &self.commerce;
+        check_database_url("commerce.database_url", &c.database_url)?;
+        for (key, url) in [
+            ("commerce.identity_url", &c.identity_url),
+            ("commerce.relationships_url", &c.relationships_url),
+        ] {
+            if !url.is_empty() && !is_http_url(url) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("`{url}` is not an http(s) URL such as http://127.0.0.1:50051"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("commerce.max_connections", c.max_connections as u64),
+            ("commerce.link_ttl_days", c.link_ttl_days as u64),
+            (
+                "commerce.trial_expiry_interval_secs",
+                c.trial_expiry_interval_secs,
+            ),
+            (
+                "commerce.notification_poll_interval_ms",
+                c.notification_poll_interval_ms,
+            ),
+            (
+                "commerce.product_key_attempts_burst",
+                c.product_key_attempts_burst as u64,
+            ),
+            (
+                "commerce.product_key_attempts_per_minute",
+                c.product_key_attempts_per_minute as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        for (n, p) in c.catalog.iter().enumerate() {
+            let key = |field: &str| format!("commerce.catalog[{n}].{field}");
+            if !is_name(&p.id) {
+                return Err(ConfigError::new(
+                    key("id"),
+                    format!("`{}` must be lowercase letters, digits and '-'", p.id),
+                ));
+            }
+            if c.catalog[..n].iter().any(|q| q.id == p.id) {
+                return Err(ConfigError::new(
+                    key("id"),
+                    format!("`{}` is listed twice", p.id),
+                ));
+            }
+            if p.name.trim().is_empty() {
+                return Err(ConfigError::new(key("name"), "must not be empty"));
+            }
+            if p.min_licenses == 0 || p.min_licenses > p.max_licenses {
+                return Err(ConfigError::new(
+                    key("min_licenses"),
+                    "must be at least 1 and at most max_licenses",
+                ));
+            }
+            if p.max_licenses > 1_000_000 {
+                return Err(ConfigError::new(
+                    key("max_licenses"),
+                    "must be at most 1000000",
+                ));
             }
         }
         Ok(())

@@ -216,7 +216,11 @@ impl From<Error> for Status {
             tracing::debug!(code = ?e.code, reason = %e.reason, message = %e.message, "request rejected");
         }
         let mut details = ErrorDetails::new();
-        details.set_error_info(e.reason.clone(), ERROR_DOMAIN, HashMap::<String, String>::new());
+        details.set_error_info(
+            e.reason.clone(),
+            ERROR_DOMAIN,
+            HashMap::<String, String>::new(),
+        );
         for v in &e.violations {
             details.add_bad_request_violation(v.field.clone(), v.description.clone());
         }

@@ -11,16 +11,18 @@ pub enum Feature {
     DelegatedAdmin,
     ResellerRelationships,
     CustomerManagement,
+    CustomerSelfService,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 6] = [
+    pub const ALL: [Feature; 7] = [
         Feature::Trials,
         Feature::PurchaseOffers,
         Feature::ProductKeys,
         Feature::DelegatedAdmin,
         Feature::ResellerRelationships,
         Feature::CustomerManagement,
+        Feature::CustomerSelfService,
     ];
 
     /// The flag's name in configuration and in `GetFeatures`.
@@ -32,6 +34,7 @@ impl Feature {
             Feature::DelegatedAdmin => "delegated_admin",
             Feature::ResellerRelationships => "reseller_relationships",
             Feature::CustomerManagement => "customer_management",
+            Feature::CustomerSelfService => "customer_self_service",
         }
     }
 }
@@ -46,6 +49,8 @@ pub struct FeatureFlags {
     pub delegated_admin: bool,
     pub reseller_relationships: bool,
     pub customer_management: bool,
+    /// Customers' own admins buy and change subscriptions (else only partners do).
+    pub customer_self_service: bool,
 }
 
 impl FeatureFlags {
@@ -57,6 +62,22 @@ impl FeatureFlags {
             Feature::DelegatedAdmin => self.delegated_admin,
             Feature::ResellerRelationships => self.reseller_relationships,
             Feature::CustomerManagement => self.customer_management,
+            Feature::CustomerSelfService => self.customer_self_service,
+        }
+    }
+
+    /// Ok when `f` is on; else FAILED_PRECONDITION naming it and `instance`.
+    pub fn require(&self, f: Feature, instance: &str) -> Result<(), crate::Error> {
+        if self.is_enabled(f) {
+            Ok(())
+        } else {
+            Err(crate::Error::failed_precondition(
+                "FEATURE_DISABLED",
+                format!(
+                    "the `{}` feature is turned off in instance `{instance}`",
+                    f.name()
+                ),
+            ))
         }
     }
 

@@ -30,6 +30,18 @@ impl Idempotency {
         request_id: &str,
         request: &R,
     ) -> Result<Option<Self>, Error> {
+        Self::scoped(caller.principal(), method, request_id, request)
+    }
+
+    /// As [`Idempotency::new`] for a call without a signed-in caller (a
+    /// customer signing up through a link): `scope` names what the request
+    /// ids are unique within.
+    pub fn scoped<R: Message>(
+        scope: String,
+        method: &'static str,
+        request_id: &str,
+        request: &R,
+    ) -> Result<Option<Self>, Error> {
         if request_id.is_empty() {
             return Ok(None);
         }
@@ -45,11 +57,15 @@ impl Idempotency {
         }
         let hash = Sha256::digest(request.encode_to_vec());
         Ok(Some(Self {
-            scope: caller.principal(),
+            scope,
             request_id: request_id.to_owned(),
             method,
             request_hash: B64.encode(hash),
         }))
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.request_id
     }
 
     /// The stored first result, if this request_id was already used.

@@ -209,7 +209,10 @@ impl IdentityClient {
     ) -> Result<idpb::Tenant, Error> {
         let t = self.tenant(field, partner, trace_id).await?;
         if t.kind() != idpb::TenantKind::Partner {
-            return Err(Error::invalid(field, "names a customer tenant, not a partner"));
+            return Err(Error::invalid(
+                field,
+                "names a customer tenant, not a partner",
+            ));
         }
         if t.partner_status() == idpb::PartnerStatus::Suspended {
             return Err(Error::failed_precondition(

@@ -5,6 +5,7 @@
 use std::{future::Future, net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context;
+use sovra_commerce::Commerce;
 use sovra_identity::Identity;
 use sovra_relationships::Relationships;
 use sovra_runtime::{
@@ -19,6 +20,7 @@ use sovra_runtime::{
 pub struct Services {
     pub identity: bool,
     pub relationships: bool,
+    pub commerce: bool,
 }
 
 impl Services {
@@ -26,6 +28,7 @@ impl Services {
     pub const ALL: Services = Services {
         identity: true,
         relationships: true,
+        commerce: true,
     };
 
     /// One service by name, as `sovra serve <name>` runs it.
@@ -33,6 +36,7 @@ impl Services {
         let none = Services {
             identity: false,
             relationships: false,
+            commerce: false,
         };
         match name {
             "identity" => Ok(Services {
@@ -43,8 +47,12 @@ impl Services {
                 relationships: true,
                 ..none
             }),
+            "commerce" => Ok(Services {
+                commerce: true,
+                ..none
+            }),
             _ => anyhow::bail!(
-                "unknown service `{name}`: this build serves `identity` and `relationships`"
+                "unknown service `{name}`: this build serves `identity`, `relationships` and `commerce`"
             ),
         }
     }
@@ -57,6 +65,8 @@ pub struct App {
     authority: Authority,
     identity: Option<Identity>,
     relationships: Option<Relationships>,
+    commerce: Option<Commerce>,
+    settings: Settings,
 }
 
 impl App {
@@ -98,35 +108,65 @@ impl App {
         } else {
             None
         };
+        let own = format!("http://{}", endpoint.addr());
+        // A peer is this process's own endpoint when it serves it, else its configured URL.
+        let peer = |key: &str, url: &str, here: bool| -> anyhow::Result<String> {
+            match (url, here) {
+                ("", true) => Ok(own.clone()),
+                ("", false) => anyhow::bail!(
+                    "invalid configuration: {key}: must be set when that service is not served by this process"
+                ),
+                (url, _) => Ok(url.to_owned()),
+            }
+        };
+        let channel = |key: &str, url: &str| {
+            sovra_runtime::peers::channel(url)
+                .with_context(|| format!("invalid configuration: {key}: `{url}`"))
+        };
         let relationships = if services.relationships {
             let rel = &settings.relationships;
-            let own = format!("http://{}", endpoint.addr());
-            let identity_url = match (rel.identity_url.as_str(), services.identity) {
-                ("", true) => own,
-                ("", false) => anyhow::bail!(
-                    "invalid configuration: relationships.identity_url: must be set when identity is not served by this process"
-                ),
-                (url, _) => url.to_owned(),
-            };
+            let identity_url = peer(
+                "relationships.identity_url",
+                &rel.identity_url,
+                services.identity,
+            )?;
             let push_url = match rel.grant_push_url.as_str() {
                 "" => identity_url.clone(),
                 url => url.to_owned(),
-            };
-            let channel = |key: &str, url: &str| {
-                sovra_runtime::peers::channel(url)
-                    .with_context(|| format!("invalid configuration: {key}: `{url}`"))
             };
             let db = sovra_relationships::open_database(settings).await?;
             let relationships = sovra_relationships::build(
                 settings,
                 db,
                 authority.clone(),
-                clock,
+                clock.clone(),
                 channel("relationships.identity_url", &identity_url)?,
                 channel("relationships.grant_push_url", &push_url)?,
             );
             relationships.register(&mut set, &auth);
             Some(relationships)
+        } else {
+            None
+        };
+        let commerce = if services.commerce {
+            let c = &settings.commerce;
+            let identity_url = peer("commerce.identity_url", &c.identity_url, services.identity)?;
+            let rel_url = peer(
+                "commerce.relationships_url",
+                &c.relationships_url,
+                services.relationships,
+            )?;
+            let db = sovra_commerce::open_database(settings).await?;
+            let commerce = sovra_commerce::build(
+                settings,
+                db,
+                authority.clone(),
+                clock,
+                channel("commerce.identity_url", &identity_url)?,
+                channel("commerce.relationships_url", &rel_url)?,
+            );
+            commerce.register(&mut set, &auth);
+            Some(commerce)
         } else {
             None
         };
@@ -136,6 +176,8 @@ impl App {
             authority,
             identity,
             relationships,
+            commerce,
+            settings: settings.clone(),
         })
     }
 
@@ -157,6 +199,10 @@ impl App {
         self.relationships.as_ref()
     }
 
+    pub fn commerce(&self) -> Option<&Commerce> {
+        self.commerce.as_ref()
+    }
+
     /// Serves until `shutdown` completes, with housekeeping and the grant
     /// outbox in the background.
     pub async fn run_until_stopped(
@@ -169,6 +215,9 @@ impl App {
         }
         if let Some(relationships) = &self.relationships {
             background.extend(relationships.spawn_background());
+        }
+        if let Some(commerce) = &self.commerce {
+            background.extend(commerce.spawn_background(&self.settings));
         }
         let result = self.endpoint.serve(self.set, shutdown).await;
         for task in background {

@@ -70,7 +70,7 @@ enum Command {
     },
     /// Run one service from configuration (production shape).
     Serve {
-        /// The service: identity or relationships.
+        /// The service: identity, relationships or commerce.
         service: String,
         #[command(flatten)]
         config: ConfigArgs,
@@ -132,6 +132,7 @@ async fn up(data_dir: PathBuf, listen: SocketAddr, config: ConfigArgs) -> anyhow
             "relationships.database_url".into(),
             db_url("relationships.db"),
         ),
+        ("commerce.database_url".into(), db_url("commerce.db")),
         (
             "auth.signing_key_file".into(),
             key_file.display().to_string(),
@@ -191,5 +192,8 @@ async fn migrate(config: ConfigArgs) -> anyhow::Result<()> {
         "relationships: migrated (instance `{}`)",
         settings.instance.name
     );
+    let db = sovra_commerce::open_database(&settings).await?;
+    db.close().await;
+    println!("commerce: migrated (instance `{}`)", settings.instance.name);
     Ok(())
 }

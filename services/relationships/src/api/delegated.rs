@@ -67,6 +67,86 @@ impl Relationships {
         .await
     }
 
+    /// Makes `partner` the customer's active delegated administrator in
+    /// `tx`, under the multi-channel rule: another partner's active
+    /// relationship is refused, or with `reassign` ended (REASSIGNED). A
+    /// PENDING relationship from `offer_id` is activated, else one is created.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn activate(
+        &self,
+        tx: &mut Tx,
+        ctx: &Ctx,
+        partner: &TenantId,
+        customer: &idpb::Tenant,
+        offer_id: &str,
+        reassign: bool,
+        now: Millis,
+    ) -> Result<Activated, Error> {
+        let customer_id = customer.id.as_str();
+        delegated::lock_customer(tx, customer_id).await?;
+        let mut changes = Vec::new();
+        let mut reassigned_from = None;
+        if let Some(mut held) = delegated::active_for_customer(tx, customer_id).await? {
+            if held.partner_tenant_id == partner.as_str() {
+                return Ok(Activated::Already(held));
+            }
+            if !reassign {
+                let holder = self.holder_name(ctx, &held.partner_tenant_id).await;
+                return Err(Error::failed_precondition(
+                    "DELEGATED_ADMIN_HELD",
+                    format!(
+                        "partner {holder} holds active delegated administration of tenant {customer_id}; \
+                         at most one partner may. Set reassign to end it and move delegated administration to this partner"
+                    ),
+                ));
+            }
+            held.reassigned_to = Some(partner.to_string());
+            changes.push(
+                self.transition(tx, &mut held, DelegatedState::Reassigned, now)
+                    .await?,
+            );
+            reassigned_from = Some(held.partner_tenant_id.clone());
+        }
+        customers::touch(
+            tx,
+            partner.as_str(),
+            customer_id,
+            &customer.display_name,
+            &customer.primary_domain,
+            now,
+        )
+        .await?;
+        let mut rel = match delegated::pending_for_offer(tx, offer_id, customer_id).await? {
+            Some(p) => p,
+            None => {
+                let fresh = Relationship {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    partner_tenant_id: partner.to_string(),
+                    customer_tenant_id: customer_id.to_owned(),
+                    state: DelegatedState::Pending,
+                    offer_id: offer_id.to_owned(),
+                    reassigned_to: None,
+                    version: 0,
+                    created_at: now,
+                    activated_at: None,
+                    ended_at: None,
+                    updated_at: now,
+                };
+                delegated::insert(tx, &fresh).await?;
+                fresh
+            }
+        };
+        changes.push(
+            self.transition(tx, &mut rel, DelegatedState::Active, now)
+                .await?,
+        );
+        Ok(Activated::Now(Activation {
+            rel,
+            changes,
+            reassigned_from,
+        }))
+    }
+
     /// Authorizes a user to read relationships of `tenant`, on whichever side.
     async fn require_side(
         &self,
@@ -92,6 +172,20 @@ impl Relationships {
             Err(_) => partner.to_owned(),
         }
     }
+}
+
+/// What [`Relationships::activate`] found or did.
+pub(crate) enum Activated {
+    /// The partner already held it.
+    Already(Relationship),
+    Now(Activation),
+}
+
+pub(crate) struct Activation {
+    pub rel: Relationship,
+    /// Grant changes to deliver after commit.
+    pub changes: Vec<GrantChange>,
+    pub reassigned_from: Option<String>,
 }
 
 #[tonic::async_trait]
@@ -217,12 +311,15 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
             return Ok(Response::new(prev));
         }
         let now = self.now();
-        delegated::lock_customer(&mut tx, customer.as_str()).await?;
-        let mut changes = Vec::new();
-        let mut reassigned_from = None;
-        let current = delegated::active_for_customer(&mut tx, customer.as_str()).await?;
-        if let Some(mut held) = current {
-            if held.partner_tenant_id == partner.as_str() {
+        let Activation {
+            rel,
+            changes,
+            reassigned_from,
+        } = match self
+            .activate(&mut tx, &ctx, &partner, &c, &link.id, r.reassign, now)
+            .await?
+        {
+            Activated::Already(held) => {
                 // Accepting again changes nothing and answers the same relationship.
                 let resp = pb::AcceptDelegatedAdminOfferResponse {
                     relationship: Some(relationship_to_pb(&held)),
@@ -231,59 +328,8 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
                     .await?;
                 return Ok(Response::new(resp));
             }
-            if !r.reassign {
-                drop(tx);
-                let holder = self.holder_name(&ctx, &held.partner_tenant_id).await;
-                return Err(Error::failed_precondition(
-                    "DELEGATED_ADMIN_HELD",
-                    format!(
-                        "partner {holder} holds active delegated administration of tenant {customer}; \
-                         at most one partner may. Set reassign to end it and move delegated administration to this partner"
-                    ),
-                )
-                .into());
-            }
-            held.reassigned_to = Some(partner.to_string());
-            changes.push(
-                self.transition(&mut tx, &mut held, DelegatedState::Reassigned, now)
-                    .await?,
-            );
-            reassigned_from = Some(held.partner_tenant_id.clone());
-        }
-        customers::touch(
-            &mut tx,
-            partner.as_str(),
-            customer.as_str(),
-            &c.display_name,
-            &c.primary_domain,
-            now,
-        )
-        .await?;
-        let mut rel =
-            match delegated::pending_for_offer(&mut tx, &link.id, customer.as_str()).await? {
-                Some(p) => p,
-                None => {
-                    let fresh = Relationship {
-                        id: uuid::Uuid::now_v7().to_string(),
-                        partner_tenant_id: partner.to_string(),
-                        customer_tenant_id: customer.to_string(),
-                        state: DelegatedState::Pending,
-                        offer_id: link.id.clone(),
-                        reassigned_to: None,
-                        version: 0,
-                        created_at: now,
-                        activated_at: None,
-                        ended_at: None,
-                        updated_at: now,
-                    };
-                    delegated::insert(&mut tx, &fresh).await?;
-                    fresh
-                }
-            };
-        changes.push(
-            self.transition(&mut tx, &mut rel, DelegatedState::Active, now)
-                .await?,
-        );
+            Activated::Now(a) => a,
+        };
         let resp = pb::AcceptDelegatedAdminOfferResponse {
             relationship: Some(relationship_to_pb(&rel)),
         };

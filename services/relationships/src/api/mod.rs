@@ -1,5 +1,6 @@
 //! tonic handlers: unpack the request, ask identity, call the store, convert.
 
+pub mod advisors;
 pub mod convert;
 pub mod customers;
 pub mod delegated;

@@ -135,6 +135,30 @@ pub async fn set_reseller(
     Ok(r.rows_affected() == 1)
 }
 
+/// Marks the partner as the customer's advisor and, with `por`, partner of
+/// record (a flag that stays once set: the partner is POR of at least one
+/// of the customer's subscriptions).
+pub async fn set_advisor(
+    tx: &mut Tx,
+    partner: &str,
+    customer: &str,
+    por: bool,
+    now: Millis,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE partner_customers SET advisor = 1, \
+         partner_of_record = CASE WHEN $3 = 1 THEN 1 ELSE partner_of_record END, updated_at = $4 \
+         WHERE partner_tenant_id = $1 AND customer_tenant_id = $2",
+    )
+    .bind(partner)
+    .bind(customer)
+    .bind(por as i64)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 pub async fn set_delegated(
     tx: &mut Tx,
     partner: &str,

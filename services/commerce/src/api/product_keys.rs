@@ -1,0 +1,298 @@
+//! `sovra.commerce.v1.ProductKeyService`: operator import and exactly-once
+//! redemption.
+//!
+//! Redemption claims the key and creates its subscription in one commerce
+//! transaction first (the exactly-once step; losers fail there, before any
+//! other call), then records the advisor relationship in relationships, then
+//! remembers the answer. A retry by the same caller and request id finds the
+//! key claimed by itself and finishes the rest.
+
+use sovra_proto::{commerce::v1 as pb, identity::v1 as idpb, relationships::v1 as rpb};
+use sovra_runtime::{
+    auth::Ctx,
+    features::Feature,
+    idempotency::{replay, Idempotency},
+    Error,
+};
+use tonic::{Request, Response};
+
+use super::{
+    convert::subscription_to_pb,
+    subscriptions::{end_of_term, NewSubscription},
+    Rpc,
+};
+use crate::{
+    domain::{
+        product_key::ProductKey,
+        states::{Source, SubscriptionState},
+    },
+    service::{Change, Commerce},
+    store::{
+        product_keys::{self, StoredKey},
+        subscriptions,
+    },
+};
+
+/// The most keys one import call takes.
+const MAX_IMPORT: usize = 1000;
+const MAX_TERM_DAYS: i32 = 3660;
+
+fn not_found() -> Error {
+    Error::not_found(
+        "PRODUCT_KEY_NOT_FOUND",
+        "no product key matches; check it was typed as printed",
+    )
+    .with_violation("product_key", "not found")
+}
+
+fn already_redeemed() -> Error {
+    Error::failed_precondition(
+        "PRODUCT_KEY_ALREADY_REDEEMED",
+        "this product key was already redeemed; each key sets up one subscription once",
+    )
+}
+
+#[tonic::async_trait]
+impl pb::product_key_service_server::ProductKeyService for Commerce {
+    async fn import_product_keys(
+        &self,
+        req: Request<pb::ImportProductKeysRequest>,
+    ) -> Rpc<pb::ImportProductKeysResponse> {
+        let ctx = Ctx::of(&req)?;
+        let r = req.into_inner();
+        self.require_feature(Feature::ProductKeys)?;
+        if !ctx.caller.is_operator() {
+            return Err(Error::permission_denied(
+                "OPERATOR_REQUIRED",
+                "only the instance operator imports product keys",
+            )
+            .into());
+        }
+        if r.keys.is_empty() || r.keys.len() > MAX_IMPORT {
+            return Err(Error::invalid("keys", format!("must hold 1 to {MAX_IMPORT} keys")).into());
+        }
+        let idem = Idempotency::new(&ctx.caller, "ImportProductKeys", &r.request_id, &r)?;
+        let mut tx = self.db().begin().await?;
+        if let Some(prev) = replay(&idem, &mut tx).await? {
+            return Ok(Response::new(prev));
+        }
+        let now = self.now();
+        let mut results = Vec::with_capacity(r.keys.len());
+        let mut imported = 0;
+        for (i, k) in r.keys.iter().enumerate() {
+            let mut result = pb::ImportResult {
+                index: i as i32,
+                ..Default::default()
+            };
+            let parsed = ProductKey::parse("product_key", &k.product_key).and_then(|key| {
+                let product = self.catalog().product("product_id", &k.product_id)?;
+                let licenses = product.licenses("license_count", k.license_count)?;
+                if !(1..=MAX_TERM_DAYS).contains(&k.term_days) {
+                    return Err(Error::invalid(
+                        "term_days",
+                        format!("must be 1 to {MAX_TERM_DAYS}"),
+                    ));
+                }
+                Ok((key, product, licenses))
+            });
+            match parsed {
+                Err(e) => {
+                    result.outcome = pb::ImportOutcome::Invalid as i32;
+                    result.message = e
+                        .violations
+                        .first()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .unwrap_or(e.message);
+                }
+                Ok((key, product, licenses)) => {
+                    result.key_hint = key.hint();
+                    let fresh = product_keys::insert(
+                        &mut tx,
+                        &StoredKey {
+                            key_hash: key.hash(),
+                            key_hint: key.hint(),
+                            product_id: product.id.clone(),
+                            license_count: licenses,
+                            term_days: k.term_days as u32,
+                            redeemed_at: None,
+                            redeemed_by: None,
+                            subscription_id: None,
+                        },
+                        now,
+                    )
+                    .await?;
+                    if fresh {
+                        imported += 1;
+                        result.outcome = pb::ImportOutcome::Imported as i32;
+                    } else {
+                        result.outcome = pb::ImportOutcome::Duplicate as i32;
+                        result.message = "already imported".into();
+                    }
+                }
+            }
+            results.push(result);
+        }
+        let resp = pb::ImportProductKeysResponse {
+            results,
+            imported_count: imported,
+        };
+        let change = Change {
+            tenant_id: "",
+            delegated: false,
+            action: "commerce.product_keys.import",
+            target: format!("product_keys ({imported} of {} imported)", r.keys.len()),
+        };
+        self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn redeem_product_key(
+        &self,
+        req: Request<pb::RedeemProductKeyRequest>,
+    ) -> Rpc<pb::RedeemProductKeyResponse> {
+        let ctx = Ctx::of(&req)?;
+        let r = req.into_inner();
+        self.require_feature(Feature::ProductKeys)?;
+        let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
+        let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
+        // Format and check character before anything looks the key up.
+        let key = ProductKey::parse("product_key", &r.product_key)?;
+        let idem = Idempotency::new(&ctx.caller, "RedeemProductKey", &r.request_id, &r)?;
+        self.require(&ctx, &partner, idpb::Permission::PartnerOffersCreate)
+            .await?;
+        self.partner(
+            &ctx,
+            "partner_tenant_id",
+            partner.as_str(),
+            &Self::programs(r.offer_delegated_admin),
+        )
+        .await?;
+        self.inner
+            .key_attempts
+            .take(partner.as_str(), crate::wall_now())
+            .map_err(|wait| {
+                Error::resource_exhausted(
+                    "PRODUCT_KEY_RATE_LIMITED",
+                    format!(
+                        "partner {partner} is redeeming product keys too fast; retry in {} ms",
+                        wait.as_millis()
+                    ),
+                    wait,
+                )
+            })?;
+        self.identity()
+            .customer("customer_tenant_id", customer.as_str(), &ctx.trace_id)
+            .await?;
+        // Who claims the key: a retry of this request resumes its own claim.
+        let claimant = match &idem {
+            Some(i) => format!("{}|{}", ctx.caller.principal(), i.request_id()),
+            None => format!("{}|{}", ctx.caller.principal(), uuid::Uuid::new_v4()),
+        };
+
+        // 1. Claim the key and create its subscription, or find our own claim.
+        let hash = key.hash();
+        let mut tx = self.db().begin().await?;
+        if let Some(prev) = replay(&idem, &mut tx).await? {
+            return Ok(Response::new(prev));
+        }
+        let stored = product_keys::get(&mut *tx, &hash)
+            .await?
+            .ok_or_else(not_found)?;
+        let sub = match (&stored.redeemed_by, &stored.subscription_id) {
+            (Some(by), Some(id)) if *by == claimant => {
+                drop(tx);
+                subscriptions::get(self.db().read(), customer.as_str(), id)
+                    .await?
+                    .ok_or_else(|| Error::internal("a claimed key's subscription is missing"))?
+            }
+            (Some(_), _) => return Err(already_redeemed().into()),
+            (None, _) => {
+                let product = self
+                    .catalog()
+                    .product("product_key", &stored.product_id)
+                    .map_err(|_| {
+                        Error::failed_precondition(
+                            "PRODUCT_WITHDRAWN",
+                            format!(
+                                "this key's product {} is no longer sold in this instance",
+                                stored.product_id
+                            ),
+                        )
+                    })?;
+                let now = self.now();
+                let s = self
+                    .add_subscription(
+                        &mut tx,
+                        NewSubscription {
+                            customer: customer.as_str(),
+                            product,
+                            state: SubscriptionState::Active,
+                            source: Source::ProductKey,
+                            license_count: stored.license_count,
+                            partner_of_record: partner.as_str(),
+                            end_at: Some(end_of_term(now, stored.term_days)),
+                        },
+                    )
+                    .await?;
+                if !product_keys::claim(&mut tx, &hash, &claimant, partner.as_str(), &s.id, now)
+                    .await?
+                {
+                    // Another redemption claimed it first; ours rolls back.
+                    return Err(already_redeemed().into());
+                }
+                tx.commit().await.map_err(Error::from)?;
+                self.notify_watchers();
+                s
+            }
+        };
+
+        // 2. Relationships: advisor, partner of record, the delegated-admin offer.
+        let da = if r.offer_delegated_admin {
+            rpb::DelegatedAdminChange::Offered
+        } else {
+            rpb::DelegatedAdminChange::None
+        };
+        let recorded = self
+            .inner
+            .advisors
+            .record(
+                rpb::RecordAdvisorRelationshipRequest {
+                    request_id: format!("commerce:key:{}", &hash[..40]),
+                    partner_tenant_id: partner.to_string(),
+                    customer_tenant_id: customer.to_string(),
+                    partner_of_record: true,
+                    delegated_admin: da as i32,
+                    reassign: false,
+                    acting_user_id: self
+                        .user(&ctx)
+                        .map(|u| u.user_id.clone())
+                        .unwrap_or_default(),
+                },
+                &ctx.trace_id,
+            )
+            .await?;
+
+        // 3. Audit and remember the answer.
+        let offer = recorded.delegated_admin_offer.unwrap_or_default();
+        let resp = pb::RedeemProductKeyResponse {
+            subscription: Some(subscription_to_pb(&sub)),
+            delegated_admin_offer_url: offer.url,
+            delegated_admin_offer_code: offer.code,
+        };
+        let tx = self.db().begin().await?;
+        let change = Change {
+            tenant_id: customer.as_str(),
+            delegated: false,
+            action: "commerce.product_key.redeem",
+            target: format!(
+                "subscriptions/{} (key …{}, partner {partner})",
+                sub.id,
+                key.hint()
+            ),
+        };
+        self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
+            .await?;
+        Ok(Response::new(resp))
+    }
+}

@@ -1,0 +1,189 @@
+//! The commerce service's shared state and the steps every handler takes:
+//! who is calling, may they (asked of identity), record what they did.
+
+use std::{sync::Arc, time::Duration};
+
+use sovra_proto::identity::v1 as idpb;
+use sovra_runtime::{
+    audit,
+    auth::{Caller, UserCaller},
+    clock::{Millis, SharedClock},
+    config::Settings,
+    db::{Db, Tx},
+    features::{Feature, FeatureFlags},
+    idempotency::Idempotency,
+    ids::TenantId,
+    links::LinkCodes,
+    peers::{Access, IdentityClient},
+    Error,
+};
+pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
+use tokio::sync::watch;
+
+use crate::{advisors::AdvisorClient, domain::catalog::Catalog, ratelimit::RateLimiter};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+const HOUR_MS: i64 = 60 * 60 * 1000;
+
+/// What commerce needs from configuration.
+#[derive(Debug, Clone)]
+pub struct CommerceConfig {
+    pub instance: String,
+    pub features: FeatureFlags,
+    pub catalog: Catalog,
+    pub link_ttl_ms: i64,
+    pub idempotency_retention_ms: i64,
+    pub notification_poll: Duration,
+}
+
+impl CommerceConfig {
+    pub fn from_settings(s: &Settings) -> Self {
+        let c = &s.commerce;
+        Self {
+            instance: s.instance.name.clone(),
+            features: s.features,
+            catalog: Catalog::new(&s.instance.currency, &c.catalog),
+            link_ttl_ms: c.link_ttl_days as i64 * DAY_MS,
+            idempotency_retention_ms: c.idempotency_retention_hours as i64 * HOUR_MS,
+            notification_poll: Duration::from_millis(c.notification_poll_interval_ms),
+        }
+    }
+}
+
+/// The commerce service: one value implements every commerce gRPC service.
+#[derive(Clone)]
+pub struct Commerce {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub db: Db,
+    pub identity: Arc<IdentityClient>,
+    pub advisors: AdvisorClient,
+    pub links: LinkCodes,
+    pub clock: SharedClock,
+    pub cfg: CommerceConfig,
+    pub key_attempts: RateLimiter,
+    /// Bumped after every commit that appended notifications: wakes watchers.
+    pub feed: watch::Sender<u64>,
+}
+
+impl Commerce {
+    pub(crate) fn new(inner: Inner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Millis {
+        self.inner.clock.now_ms()
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub(crate) fn identity(&self) -> &IdentityClient {
+        &self.inner.identity
+    }
+
+    pub(crate) fn cfg(&self) -> &CommerceConfig {
+        &self.inner.cfg
+    }
+
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.inner.cfg.catalog
+    }
+
+    pub(crate) fn tenant_id(&self, field: &str, value: &str) -> Result<TenantId, Error> {
+        TenantId::parse(field, value, &self.inner.cfg.instance)
+    }
+
+    pub(crate) fn require_feature(&self, f: Feature) -> Result<(), Error> {
+        self.cfg().features.require(f, &self.cfg().instance)
+    }
+
+    /// The signed-in user, or PERMISSION_DENIED for the operator and services.
+    pub(crate) fn user<'c>(&self, ctx: &'c Ctx) -> Result<&'c UserCaller, Error> {
+        match &ctx.caller {
+            Caller::User(u) => Ok(u),
+            _ => Err(Error::permission_denied(
+                "USER_REQUIRED",
+                "this call acts inside a tenant and needs a signed-in user's token",
+            )),
+        }
+    }
+
+    /// What identity says about the user doing `p` in `tenant`.
+    pub(crate) async fn check(
+        &self,
+        ctx: &Ctx,
+        tenant: &TenantId,
+        p: idpb::Permission,
+    ) -> Result<Access, Error> {
+        let u = self.user(ctx)?;
+        self.identity()
+            .check(&u.user_id, tenant.as_str(), p, &ctx.trace_id)
+            .await
+    }
+
+    /// Requires the user to be allowed `p` in `tenant` (PERMISSION_DENIED
+    /// with identity's reason).
+    pub(crate) async fn require(
+        &self,
+        ctx: &Ctx,
+        tenant: &TenantId,
+        p: idpb::Permission,
+    ) -> Result<Access, Error> {
+        let access = self.check(ctx, tenant, p).await?;
+        if access.allowed {
+            Ok(access)
+        } else {
+            Err(Error::permission_denied("PERMISSION_DENIED", access.reason))
+        }
+    }
+
+    /// The partner tenant, active and holding every one of `programs`.
+    pub(crate) async fn partner(
+        &self,
+        ctx: &Ctx,
+        field: &str,
+        partner: &str,
+        programs: &[idpb::PartnerAuthorization],
+    ) -> Result<idpb::Tenant, Error> {
+        self.identity()
+            .partner(field, partner, programs, &ctx.trace_id)
+            .await
+    }
+
+    /// Wakes the notification watchers after a commit that appended some.
+    pub(crate) fn notify_watchers(&self) {
+        self.inner.feed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn feed_changes(&self) -> watch::Receiver<u64> {
+        self.inner.feed.subscribe()
+    }
+
+    /// Audits, remembers and commits; see [`audit::commit`].
+    pub(crate) async fn commit<M: prost::Message>(
+        &self,
+        tx: Tx,
+        ctx: &Ctx,
+        change: Option<Change<'_>>,
+        request_id: &str,
+        idem: &Option<Idempotency>,
+        resp: &M,
+    ) -> Result<(), Error> {
+        audit::commit(tx, self.now(), ctx, change, request_id, idem, resp).await
+    }
+
+    /// Forgets old request ids.
+    pub async fn forget_request_ids(&self) -> Result<u64, Error> {
+        sovra_runtime::idempotency::expire(
+            self.db(),
+            self.now() - self.cfg().idempotency_retention_ms,
+        )
+        .await
+    }
+}

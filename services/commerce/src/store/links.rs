@@ -1,0 +1,187 @@
+//! `commerce_links` (trial invitations and purchase offers) and
+//! `redemptions` (one per link and customer).
+
+use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row};
+
+use super::corrupt;
+use crate::domain::states::LinkKind;
+
+/// One product and its license count on a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub product_id: String,
+    pub license_count: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkRecord {
+    pub id: String,
+    pub kind: LinkKind,
+    pub partner_tenant_id: String,
+    pub lines: Vec<Line>,
+    pub include_delegated_admin: bool,
+    pub url: String,
+    pub redemption_count: i64,
+    pub created_by: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+const COLUMNS: &str = "id, kind, partner_tenant_id, lines, include_delegated_admin, url, \
+                       redemption_count, created_by, created_at, expires_at, revoked_at";
+
+fn encode_lines(lines: &[Line]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("{}={}", l.product_id, l.license_count))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn decode_lines(id: &str, s: &str) -> Result<Vec<Line>, Error> {
+    s.split(';')
+        .map(|part| {
+            let (p, n) = part
+                .split_once('=')
+                .ok_or_else(|| corrupt("commerce_links", id, "lines"))?;
+            Ok(Line {
+                product_id: p.to_owned(),
+                license_count: n
+                    .parse()
+                    .map_err(|_| corrupt("commerce_links", id, "lines"))?,
+            })
+        })
+        .collect()
+}
+
+fn from_row(r: &AnyRow) -> Result<LinkRecord, Error> {
+    let id: String = r.try_get("id")?;
+    let kind: String = r.try_get("kind")?;
+    let lines: String = r.try_get("lines")?;
+    Ok(LinkRecord {
+        kind: LinkKind::from_stored(&kind).ok_or_else(|| corrupt("commerce_links", &id, "kind"))?,
+        partner_tenant_id: r.try_get("partner_tenant_id")?,
+        lines: decode_lines(&id, &lines)?,
+        include_delegated_admin: r.try_get::<i64, _>("include_delegated_admin")? != 0,
+        url: r.try_get("url")?,
+        redemption_count: r.try_get("redemption_count")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        id,
+    })
+}
+
+pub async fn insert(tx: &mut Tx, l: &LinkRecord) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO commerce_links (id, kind, partner_tenant_id, lines, include_delegated_admin, url, \
+         redemption_count, created_by, created_at, expires_at, revoked_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, NULL)",
+    )
+    .bind(&l.id)
+    .bind(l.kind.as_str())
+    .bind(&l.partner_tenant_id)
+    .bind(encode_lines(&l.lines))
+    .bind(l.include_delegated_admin as i64)
+    .bind(&l.url)
+    .bind(&l.created_by)
+    .bind(l.created_at)
+    .bind(l.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn get<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    id: &str,
+) -> Result<Option<LinkRecord>, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM commerce_links WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(ex)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// A partner's links of one kind, newest first, after the keyset position.
+pub async fn page(
+    pool: &AnyPool,
+    partner: &str,
+    kind: LinkKind,
+    before: Option<(Millis, String)>,
+    limit: i64,
+) -> Result<Vec<LinkRecord>, Error> {
+    let (t, id) = before.unwrap_or((i64::MAX, String::new()));
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM commerce_links WHERE partner_tenant_id = $1 AND kind = $2 \
+         AND (created_at < $3 OR (created_at = $3 AND ($4 = '' OR id < $4))) \
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    ))
+    .bind(partner)
+    .bind(kind.as_str())
+    .bind(t)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn revoke(tx: &mut Tx, id: &str, now: Millis) -> Result<(), Error> {
+    sqlx::query("UPDATE commerce_links SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The first result of redeeming `link` for `customer`, if it was.
+pub async fn redemption<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    link: &str,
+    customer: &str,
+) -> Result<Option<String>, Error> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT response FROM redemptions WHERE link_id = $1 AND customer_tenant_id = $2",
+    )
+    .bind(link)
+    .bind(customer)
+    .fetch_optional(ex)
+    .await?;
+    Ok(row.map(|r| r.0))
+}
+
+/// Records a redemption and counts it on the link. False when this link and
+/// customer already had one (a concurrent redemption won).
+pub async fn record_redemption(
+    tx: &mut Tx,
+    link: &str,
+    customer: &str,
+    response: &str,
+    now: Millis,
+) -> Result<bool, Error> {
+    let r = sqlx::query(
+        "INSERT INTO redemptions (link_id, customer_tenant_id, response, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (link_id, customer_tenant_id) DO NOTHING",
+    )
+    .bind(link)
+    .bind(customer)
+    .bind(response)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if r.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE commerce_links SET redemption_count = redemption_count + 1 WHERE id = $1")
+        .bind(link)
+        .execute(&mut **tx)
+        .await?;
+    Ok(true)
+}

@@ -1,0 +1,152 @@
+//! `sovra.relationships.v1.AdvisorService`: what commerce records when a
+//! partner wins a customer through a trial, an offer or a product key.
+
+use sovra_proto::relationships::v1 as pb;
+use sovra_runtime::{
+    auth::Ctx,
+    idempotency::{replay, Idempotency},
+    Error,
+};
+use tonic::{Request, Response};
+
+use super::{
+    convert::{customer_to_pb, offer_to_pb, relationship_to_pb},
+    delegated::{Activated, Activation},
+    Rpc,
+};
+use crate::{
+    domain::states::{DelegatedState, LinkKind},
+    service::{Change, Relationships},
+    store::{
+        customers,
+        delegated::{self, Relationship},
+        links,
+    },
+};
+
+#[tonic::async_trait]
+impl pb::advisor_service_server::AdvisorService for Relationships {
+    async fn record_advisor_relationship(
+        &self,
+        req: Request<pb::RecordAdvisorRelationshipRequest>,
+    ) -> Rpc<pb::RecordAdvisorRelationshipResponse> {
+        let ctx = Ctx::of(&req)?;
+        if !ctx.caller.is_service() {
+            return Err(Error::permission_denied(
+                "SERVICE_REQUIRED",
+                "only Sovra services record advisor relationships; partners win customers through links",
+            )
+            .into());
+        }
+        let r = req.into_inner();
+        let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
+        let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
+        let change = pb::DelegatedAdminChange::try_from(r.delegated_admin)
+            .ok()
+            .filter(|c| *c != pb::DelegatedAdminChange::Unspecified)
+            .ok_or_else(|| {
+                Error::invalid("delegated_admin", "must be NONE, ACCEPTED or OFFERED")
+            })?;
+        if r.request_id.is_empty() {
+            return Err(Error::invalid(
+                "request_id",
+                "is required: commerce retries until it lands",
+            )
+            .into());
+        }
+        let idem = Idempotency::new(&ctx.caller, "RecordAdvisorRelationship", &r.request_id, &r)?;
+        let c = self.customer(&ctx, "customer_tenant_id", &customer).await?;
+        let mut tx = self.db().begin().await?;
+        if let Some(prev) = replay(&idem, &mut tx).await? {
+            return Ok(Response::new(prev));
+        }
+        let now = self.now();
+        customers::touch(
+            &mut tx,
+            partner.as_str(),
+            customer.as_str(),
+            &c.display_name,
+            &c.primary_domain,
+            now,
+        )
+        .await?;
+        customers::set_advisor(
+            &mut tx,
+            partner.as_str(),
+            customer.as_str(),
+            r.partner_of_record,
+            now,
+        )
+        .await?;
+        let mut resp = pb::RecordAdvisorRelationshipResponse::default();
+        let mut grants = Vec::new();
+        match change {
+            pb::DelegatedAdminChange::Accepted => {
+                // The redemption is the customer's acceptance.
+                let offer_id = format!("commerce:{}", r.request_id);
+                let rel = match self
+                    .activate(&mut tx, &ctx, &partner, &c, &offer_id, r.reassign, now)
+                    .await?
+                {
+                    Activated::Already(held) => held,
+                    Activated::Now(Activation { rel, changes, .. }) => {
+                        grants = changes;
+                        rel
+                    }
+                };
+                resp.delegated_admin_relationship = Some(relationship_to_pb(&rel));
+            }
+            pb::DelegatedAdminChange::Offered => {
+                let (link, code) =
+                    self.new_link(&ctx, LinkKind::DelegatedAdmin, &partner, Some(&customer));
+                links::insert(&mut tx, &link).await?;
+                delegated::insert(
+                    &mut tx,
+                    &Relationship {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        partner_tenant_id: partner.to_string(),
+                        customer_tenant_id: customer.to_string(),
+                        state: DelegatedState::Pending,
+                        offer_id: link.id.clone(),
+                        reassigned_to: None,
+                        version: 1,
+                        created_at: now,
+                        activated_at: None,
+                        ended_at: None,
+                        updated_at: now,
+                    },
+                )
+                .await?;
+                resp.delegated_admin_offer = Some(offer_to_pb(&link, &code));
+            }
+            _ => {}
+        }
+        let row = customers::get(&mut *tx, partner.as_str(), customer.as_str())
+            .await?
+            .ok_or_else(|| {
+                Error::internal("the partner-customer row vanished in its transaction")
+            })?;
+        resp.customer = Some(customer_to_pb(&row));
+        let audit = Change {
+            tenant_id: customer.as_str(),
+            delegated: false,
+            action: "relationships.advisor.record",
+            target: format!(
+                "partners/{partner} (partner of record: {}, delegated admin: {}, by user {})",
+                r.partner_of_record,
+                change
+                    .as_str_name()
+                    .trim_start_matches("DELEGATED_ADMIN_CHANGE_"),
+                if r.acting_user_id.is_empty() {
+                    "-"
+                } else {
+                    &r.acting_user_id
+                }
+            ),
+        };
+        self.commit(tx, &ctx, Some(audit), &r.request_id, &idem, &resp)
+            .await?;
+        self.outbox().deliver_now(&grants).await;
+        Ok(Response::new(resp))
+    }
+}
