@@ -14,7 +14,7 @@ use sovra_runtime::{
     idempotency::Idempotency,
     ids::TenantId,
     links::LinkCodes,
-    peers::{Access, IdentityClient},
+    peers::{Access, IdentityClient, Programs},
     Error,
 };
 pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
@@ -152,7 +152,7 @@ impl Commerce {
         programs: &[idpb::PartnerAuthorization],
     ) -> Result<idpb::Tenant, Error> {
         self.identity()
-            .partner(field, partner, programs, &ctx.trace_id)
+            .partner(field, partner, Programs::AllOf(programs), &ctx.trace_id)
             .await
     }
 

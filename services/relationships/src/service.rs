@@ -18,7 +18,7 @@ use sovra_runtime::{
 };
 pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 
-use sovra_runtime::peers::{Access, IdentityClient};
+use sovra_runtime::peers::{Access, IdentityClient, Programs};
 
 use crate::{outbox::Outbox, store::customers};
 
@@ -214,7 +214,7 @@ impl Relationships {
             .partner(
                 "partner_tenant_id",
                 partner.as_str(),
-                programs,
+                Programs::AnyOf(programs),
                 &ctx.trace_id,
             )
             .await

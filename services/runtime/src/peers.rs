@@ -91,6 +91,15 @@ pub fn peer_error(peer: &str, s: Status) -> Error {
     }
 }
 
+/// The partner programs a call needs.
+#[derive(Debug, Clone, Copy)]
+pub enum Programs<'a> {
+    /// At least one of these (none listed: any partner).
+    AnyOf(&'a [idpb::PartnerAuthorization]),
+    /// Every one of these.
+    AllOf(&'a [idpb::PartnerAuthorization]),
+}
+
 /// Access and tenants from identity.
 #[derive(Debug)]
 pub struct IdentityClient {
@@ -199,12 +208,12 @@ impl IdentityClient {
     }
 
     /// The partner tenant named in `field`, which must be active and hold
-    /// one of `programs` (none: any partner).
+    /// the `programs` asked for.
     pub async fn partner(
         &self,
         field: &str,
         partner: &str,
-        programs: &[idpb::PartnerAuthorization],
+        programs: Programs<'_>,
         trace_id: &str,
     ) -> Result<idpb::Tenant, Error> {
         let t = self.tenant(field, partner, trace_id).await?;
@@ -220,18 +229,28 @@ impl IdentityClient {
                 format!("partner {partner} is suspended; the operator must reinstate it first"),
             ));
         }
-        let missing: Vec<&str> = programs
-            .iter()
-            .filter(|p| !t.partner_authorizations().any(|a| a == **p))
-            .map(|p| p.as_str_name().trim_start_matches("PARTNER_AUTHORIZATION_"))
-            .collect();
+        let held = |p: &idpb::PartnerAuthorization| t.partner_authorizations().any(|a| a == *p);
+        let name = |p: &idpb::PartnerAuthorization| {
+            p.as_str_name()
+                .trim_start_matches("PARTNER_AUTHORIZATION_")
+                .to_owned()
+        };
+        let missing = match programs {
+            Programs::AnyOf(ps) if !ps.is_empty() && !ps.iter().any(held) => {
+                ps.iter().map(name).collect::<Vec<_>>().join(" or ")
+            }
+            Programs::AllOf(ps) => ps
+                .iter()
+                .filter(|p| !held(p))
+                .map(name)
+                .collect::<Vec<_>>()
+                .join(" and "),
+            _ => String::new(),
+        };
         if !missing.is_empty() {
             return Err(Error::failed_precondition(
                 "PARTNER_NOT_AUTHORIZED",
-                format!(
-                    "partner {partner} is not authorized {}; the operator grants partner programs",
-                    missing.join(" and ")
-                ),
+                format!("partner {partner} is not authorized {missing}; the operator grants partner programs"),
             ));
         }
         Ok(t)

@@ -86,6 +86,7 @@ pub fn settings_with(instance: &str, db: &TestDb, more: Vec<(String, String)>) -
         ("server.listen".into(), "127.0.0.1:0".into()),
         ("identity.database_url".into(), db.url.clone()),
         ("relationships.database_url".into(), db.rel_url.clone()),
+        ("commerce.database_url".into(), db.com_url.clone()),
         // Quick outbox retries keep the outbox tests short.
         ("relationships.outbox_poll_interval_ms".into(), "50".into()),
         ("relationships.outbox_max_backoff_ms".into(), "200".into()),
@@ -107,11 +108,12 @@ pub fn settings_with(instance: &str, db: &TestDb, more: Vec<(String, String)>) -
     .expect("test settings load")
 }
 
-/// Isolated databases (identity's and relationships'): fresh SQLite files or
-/// fresh PostgreSQL databases.
+/// Isolated databases (identity's, relationships' and commerce's): fresh
+/// SQLite files or fresh PostgreSQL databases.
 pub struct TestDb {
     pub url: String,
     pub rel_url: String,
+    pub com_url: String,
     dir: Option<PathBuf>,
     pg_names: Vec<String>,
 }
@@ -127,12 +129,17 @@ impl TestDb {
                 TestDb {
                     url: file("identity.db"),
                     rel_url: file("relationships.db"),
+                    com_url: file("commerce.db"),
                     dir: Some(dir),
                     pg_names: Vec::new(),
                 }
             }
             Backend::Postgres => {
-                let names = [format!("sovra_t_{id}"), format!("sovra_t_{id}_rel")];
+                let names = [
+                    format!("sovra_t_{id}"),
+                    format!("sovra_t_{id}_rel"),
+                    format!("sovra_t_{id}_com"),
+                ];
                 let mut c = sqlx::postgres::PgConnection::connect(&pg_base_url())
                     .await
                     .unwrap();
@@ -148,6 +155,7 @@ impl TestDb {
                 TestDb {
                     url: format!("{prefix}/{}", names[0]),
                     rel_url: format!("{prefix}/{}", names[1]),
+                    com_url: format!("{prefix}/{}", names[2]),
                     dir: None,
                     pg_names: names.to_vec(),
                 }
@@ -194,7 +202,10 @@ pub struct TestApp {
     pub operator: String,
     pub db_url: String,
     pub rel_db_url: String,
+    pub com_db_url: String,
     pub addr: std::net::SocketAddr,
+    /// The commerce service itself, to run its background jobs on demand.
+    pub commerce: Option<sovra_commerce::Commerce>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: Option<TestDb>,
@@ -250,6 +261,7 @@ impl TestApp {
         let app = App::build_services(settings, keyring, Arc::new(clock.clone()), services).await?;
         let addr = app.addr();
         let authority = app.authority().clone();
+        let commerce = app.commerce().cloned();
         let operator = authority.issue_operator(24 * 3600).value;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
@@ -266,7 +278,9 @@ impl TestApp {
             operator,
             db_url: settings.identity.database_url.clone(),
             rel_db_url: settings.relationships.database_url.clone(),
+            com_db_url: settings.commerce.database_url.clone(),
             addr,
+            commerce,
             stop: Some(stop),
             server: Some(server),
             _db: None,
@@ -553,6 +567,106 @@ impl TestApp {
     pub async fn rel_count(&self, sql: &str) -> i64 {
         count_in(&self.rel_db_url, sql).await
     }
+
+    /// Counts rows straight from commerce's database.
+    pub async fn com_count(&self, sql: &str) -> i64 {
+        count_in(&self.com_db_url, sql).await
+    }
+
+    pub fn catalog(&self) -> com::catalog_service_client::CatalogServiceClient<Channel> {
+        com::catalog_service_client::CatalogServiceClient::new(self.channel.clone())
+    }
+
+    pub fn trials(
+        &self,
+    ) -> com::trial_invitation_service_client::TrialInvitationServiceClient<Channel> {
+        com::trial_invitation_service_client::TrialInvitationServiceClient::new(
+            self.channel.clone(),
+        )
+    }
+
+    pub fn offers(
+        &self,
+    ) -> com::purchase_offer_service_client::PurchaseOfferServiceClient<Channel> {
+        com::purchase_offer_service_client::PurchaseOfferServiceClient::new(self.channel.clone())
+    }
+
+    pub fn com_links(&self) -> com::link_service_client::LinkServiceClient<Channel> {
+        com::link_service_client::LinkServiceClient::new(self.channel.clone())
+    }
+
+    pub fn keys(&self) -> com::product_key_service_client::ProductKeyServiceClient<Channel> {
+        com::product_key_service_client::ProductKeyServiceClient::new(self.channel.clone())
+    }
+
+    pub fn subscriptions(
+        &self,
+    ) -> com::subscription_service_client::SubscriptionServiceClient<Channel> {
+        com::subscription_service_client::SubscriptionServiceClient::new(self.channel.clone())
+    }
+
+    pub fn notifications(
+        &self,
+    ) -> com::notification_service_client::NotificationServiceClient<Channel> {
+        com::notification_service_client::NotificationServiceClient::new(self.channel.clone())
+    }
+
+    /// A trial invitation for `product` by `token` of `partner`; returns its code.
+    pub async fn trial_code(
+        &self,
+        token: &str,
+        partner: &Tenant,
+        product: &str,
+        da: bool,
+    ) -> String {
+        self.trials()
+            .create_trial_invitation(req(
+                token,
+                com::CreateTrialInvitationRequest {
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    partner_tenant_id: partner.id.clone(),
+                    product_id: product.into(),
+                    include_delegated_admin: da,
+                },
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("creating a trial invitation failed: {s:?}"))
+            .into_inner()
+            .invitation
+            .unwrap()
+            .code
+    }
+
+    /// Imports `n` fresh keys of `product` (as the operator); returns them printed.
+    pub async fn import_keys(&self, product: &str, licenses: i32, n: usize) -> Vec<String> {
+        let keys: Vec<String> = (0..n)
+            .map(|_| sovra_commerce::ProductKey::generate().formatted())
+            .collect();
+        for chunk in keys.chunks(1000) {
+            let resp = self
+                .keys()
+                .import_product_keys(req(
+                    &self.operator,
+                    com::ImportProductKeysRequest {
+                        request_id: uuid::Uuid::new_v4().to_string(),
+                        keys: chunk
+                            .iter()
+                            .map(|k| com::ProductKeyImport {
+                                product_key: k.clone(),
+                                product_id: product.into(),
+                                license_count: licenses,
+                                term_days: 365,
+                            })
+                            .collect(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(resp.imported_count as usize, chunk.len());
+        }
+        keys
+    }
 }
 
 async fn count_in(url: &str, sql: &str) -> i64 {
@@ -716,4 +830,5 @@ pub fn expect_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str
 }
 
 pub use pb::*;
+pub use sovra_proto::commerce::v1 as com;
 pub use sovra_proto::relationships::v1 as rel;

@@ -5,6 +5,7 @@ mod helpers;
 mod access;
 mod auth;
 mod bootstrap;
+mod commerce;
 mod customers;
 mod delegated;
 mod links;
