@@ -354,6 +354,21 @@ impl TestApp {
         t
     }
 
+    /// A token of a new FULL-access agent of `partner` (who may create
+    /// trials and offers and redeem product keys, as the admin may not).
+    pub async fn agent(&self, partner: &Tenant) -> String {
+        let alias = format!("agent-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        self.user(
+            &partner.admin_token,
+            partner,
+            &alias,
+            CompanyRole::Unspecified,
+            SupportedCompaniesAccess::Full,
+        )
+        .await
+        .token
+    }
+
     /// A delegated-admin offer code from `partner` (by its admin).
     pub async fn offer(&self, partner: &Tenant) -> String {
         self.delegated()

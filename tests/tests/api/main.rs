@@ -9,5 +9,6 @@ mod commerce;
 mod customers;
 mod delegated;
 mod links;
+mod product_keys;
 mod tenants;
 mod users;

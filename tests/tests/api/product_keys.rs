@@ -1,0 +1,398 @@
+//! Product keys: import results, exactly-once redemption under concurrency,
+//! validation before lookup, the per-partner rate limit, and china.
+
+use std::{collections::HashSet, sync::Arc};
+
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::{backend_test, commerce::ADVISOR, helpers::*};
+
+fn redeem(
+    partner: &Tenant,
+    customer: &Tenant,
+    key: &str,
+    request_id: &str,
+) -> com::RedeemProductKeyRequest {
+    com::RedeemProductKeyRequest {
+        request_id: request_id.into(),
+        partner_tenant_id: partner.id.clone(),
+        product_key: key.into(),
+        customer_tenant_id: customer.id.clone(),
+        offer_delegated_admin: false,
+    }
+}
+
+async fn import_reports_each_key(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let good = sovra_commerce::ProductKey::generate().formatted();
+    let mut typo = good.clone().into_bytes();
+    typo[3] = if typo[3] == b'B' { b'C' } else { b'B' };
+    let typo = String::from_utf8(typo).unwrap();
+    let line = |k: &str, product: &str, n: i32| com::ProductKeyImport {
+        product_key: k.into(),
+        product_id: product.into(),
+        license_count: n,
+        term_days: 365,
+    };
+    let resp = app
+        .keys()
+        .import_product_keys(req(
+            &app.operator,
+            com::ImportProductKeysRequest {
+                request_id: "import-1".into(),
+                keys: vec![
+                    line(&good, "office-business", 10),
+                    line(&good.to_lowercase(), "office-business", 10),
+                    line(&typo, "office-business", 10),
+                    line(
+                        &sovra_commerce::ProductKey::generate().formatted(),
+                        "nope",
+                        10,
+                    ),
+                    line(
+                        &sovra_commerce::ProductKey::generate().formatted(),
+                        "security-suite",
+                        1,
+                    ),
+                ],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let outcomes: Vec<com::ImportOutcome> = resp.results.iter().map(|r| r.outcome()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            com::ImportOutcome::Imported,
+            com::ImportOutcome::Duplicate,
+            com::ImportOutcome::Invalid,
+            com::ImportOutcome::Invalid,
+            com::ImportOutcome::Invalid,
+        ]
+    );
+    assert!(
+        resp.results[2].message.contains("check character"),
+        "{:?}",
+        resp.results[2]
+    );
+    assert!(
+        resp.results[4].message.contains("license bounds"),
+        "{:?}",
+        resp.results[4]
+    );
+    assert_eq!(resp.imported_count, 1);
+    // Only the hash is stored.
+    assert_eq!(app.com_count("SELECT COUNT(*) FROM product_keys").await, 1);
+    let plain = good.replace('-', "");
+    let stored = app
+        .com_count(&format!(
+            "SELECT COUNT(*) FROM product_keys WHERE key_hash LIKE '%{plain}%' OR key_hint = '{plain}'"
+        ))
+        .await;
+    assert_eq!(stored, 0);
+
+    // Only the operator imports.
+    let partner = app.partner("Keys Partner", ADVISOR).await;
+    let s = app
+        .keys()
+        .import_product_keys(req(
+            &partner.admin_token,
+            com::ImportProductKeysRequest {
+                request_id: "import-2".into(),
+                keys: vec![line(&good, "office-business", 10)],
+            },
+        ))
+        .await;
+    expect_code(s, Code::PermissionDenied);
+}
+backend_test!(import_reports_each_key);
+
+async fn one_key_is_redeemed_once_by_64_contenders(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let partner = app.partner("Racer", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let customer = app.tenant(TenantKind::Customer, "Target").await;
+    let key = app.import_keys("office-enterprise", 50, 1).await.remove(0);
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let (app, partner, customer, key, agent) = (
+            app.clone(),
+            partner.clone(),
+            customer.clone(),
+            key.clone(),
+            agent.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            app.keys()
+                .redeem_product_key(req(
+                    &agent,
+                    redeem(&partner, &customer, &key, &format!("race-{i}")),
+                ))
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+                assert_eq!(
+                    s.get_details_error_info().unwrap().reason,
+                    "PRODUCT_KEY_ALREADY_REDEEMED"
+                );
+            }
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 1);
+    assert_eq!(
+        app.com_count("SELECT COUNT(*) FROM product_keys WHERE redeemed_at IS NOT NULL")
+            .await,
+        1
+    );
+}
+backend_test!(one_key_is_redeemed_once_by_64_contenders);
+
+async fn a_thousand_keys_by_16_partners_make_a_thousand_subscriptions(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let customer = app.tenant(TenantKind::Customer, "Big Buyer").await;
+    let keys = Arc::new(app.import_keys("office-business", 5, 1000).await);
+    let mut partners = Vec::new();
+    for i in 0..16 {
+        let p = app.partner(&format!("Partner {i}"), ADVISOR).await;
+        let agent = app.agent(&p).await;
+        partners.push((p, agent));
+    }
+    // Every partner tries every 16th key, twice over from two offsets: each
+    // key is contended by two partners.
+    let mut tasks = Vec::new();
+    for (p, (partner, agent)) in partners.iter().enumerate() {
+        for offset in [0usize, 1] {
+            let (app, keys, partner, customer, agent) = (
+                app.clone(),
+                keys.clone(),
+                partner.clone(),
+                customer.clone(),
+                agent.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut won = Vec::new();
+                for k in (0..keys.len()).filter(|k| (k + offset) % 16 == p) {
+                    let r = app
+                        .keys()
+                        .redeem_product_key(req(
+                            &agent,
+                            redeem(&partner, &customer, &keys[k], &format!("{p}-{offset}-{k}")),
+                        ))
+                        .await;
+                    match r {
+                        Ok(resp) => won.push((k, resp.into_inner().subscription.unwrap().id)),
+                        Err(s) => assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}"),
+                    }
+                }
+                won
+            }));
+        }
+    }
+    let mut keys_won = HashSet::new();
+    let mut subs = HashSet::new();
+    for t in tasks {
+        for (k, sub) in t.await.unwrap() {
+            assert!(keys_won.insert(k), "key {k} redeemed twice");
+            assert!(subs.insert(sub));
+        }
+    }
+    assert_eq!(keys_won.len(), 1000);
+    assert_eq!(
+        app.com_count("SELECT COUNT(*) FROM subscriptions").await,
+        1000
+    );
+}
+backend_test!(a_thousand_keys_by_16_partners_make_a_thousand_subscriptions);
+
+async fn bad_keys_are_refused_before_any_lookup_and_write_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let partner = app.partner("Careful", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let customer = app.tenant(TenantKind::Customer, "Careful Customer").await;
+    let key = app.import_keys("office-business", 5, 1).await.remove(0);
+    let keys = app.keys();
+    let call = |key: &str| {
+        let mut keys = keys.clone();
+        let r = req(&agent, redeem(&partner, &customer, key, ""));
+        async move { keys.redeem_product_key(r).await }
+    };
+    expect_invalid(call("ABC").await, "product_key");
+    let mut typo = key.clone().into_bytes();
+    typo[0] = if typo[0] == b'B' { b'C' } else { b'B' };
+    let s = expect_invalid(call(&String::from_utf8(typo).unwrap()).await, "product_key");
+    assert!(s.get_details_bad_request().unwrap().field_violations[0]
+        .description
+        .contains("check character"));
+    let unknown = sovra_commerce::ProductKey::generate().formatted();
+    expect_code(call(&unknown).await, Code::NotFound);
+    // A partner tenant as the customer, an unknown customer.
+    let mut bad = redeem(&partner, &customer, &key, "");
+    bad.customer_tenant_id = partner.id.clone();
+    expect_code(
+        keys.clone().redeem_product_key(req(&agent, bad)).await,
+        Code::FailedPrecondition,
+    );
+    // A partner that is not a subscription advisor.
+    let reseller = app
+        .partner("Reseller Only", &[PartnerAuthorization::CloudReseller])
+        .await;
+    let reseller_agent = app.agent(&reseller).await;
+    let s = expect_code(
+        keys.clone()
+            .redeem_product_key(req(&reseller_agent, redeem(&reseller, &customer, &key, "")))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        s.message().contains("SUBSCRIPTION_ADVISOR"),
+        "{}",
+        s.message()
+    );
+    assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 0);
+    assert_eq!(
+        app.rel_count("SELECT COUNT(*) FROM partner_customers")
+            .await,
+        0
+    );
+
+    // A suspended partner is told so.
+    app.tenants()
+        .set_partner_status(req(
+            &app.operator,
+            SetPartnerStatusRequest {
+                tenant_id: partner.id.clone(),
+                status: PartnerStatus::Suspended as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let s = expect_code(call(&key).await, Code::FailedPrecondition);
+    assert!(s.message().contains("suspended"), "{}", s.message());
+    assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 0);
+}
+backend_test!(bad_keys_are_refused_before_any_lookup_and_write_nothing);
+
+async fn redemption_offers_delegated_admin_and_is_rate_limited(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = settings_with(
+        "global",
+        &db,
+        vec![
+            ("commerce.product_key_attempts_burst".into(), "3".into()),
+            (
+                "commerce.product_key_attempts_per_minute".into(),
+                "1".into(),
+            ),
+        ],
+    );
+    let app = TestApp::start(&s, Arc::new(sovra_runtime::auth::Keyring::generate()))
+        .await
+        .unwrap();
+    let partner = app.partner("Fast", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let customer = app.tenant(TenantKind::Customer, "Offered").await;
+    let key = app.import_keys("office-business", 5, 1).await.remove(0);
+    let mut r = redeem(&partner, &customer, &key, "with-da");
+    r.offer_delegated_admin = true;
+    let resp = app
+        .keys()
+        .redeem_product_key(req(&agent, r.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let sub = resp.subscription.unwrap();
+    assert_eq!(sub.source(), com::SubscriptionSource::ProductKey);
+    assert_eq!(sub.partner_of_record_tenant_id, partner.id);
+    assert!(resp.delegated_admin_offer_url.contains("/delegated-admin/"));
+    // The customer's admin accepts the offer the key came with.
+    app.accept(&customer, &resp.delegated_admin_offer_code, false)
+        .await
+        .unwrap();
+    // Attempts 2 and 3 are allowed (a retry replays), the 4th is not.
+    let again = app
+        .keys()
+        .redeem_product_key(req(&agent, r.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.subscription.unwrap().id, sub.id);
+    let other = sovra_commerce::ProductKey::generate().formatted();
+    expect_code(
+        app.keys()
+            .redeem_product_key(req(&agent, redeem(&partner, &customer, &other, "")))
+            .await,
+        Code::NotFound,
+    );
+    let s = expect_code(
+        app.keys()
+            .redeem_product_key(req(&agent, redeem(&partner, &customer, &other, "")))
+            .await,
+        Code::ResourceExhausted,
+    );
+    let retry = s
+        .get_details_retry_info()
+        .expect("RetryInfo names the delay");
+    assert!(retry.retry_delay.unwrap() > std::time::Duration::ZERO);
+    app.stop().await;
+}
+backend_test!(redemption_offers_delegated_admin_and_is_rate_limited);
+
+async fn china_has_no_product_keys(backend: Backend) {
+    let app = TestApp::spawn_instance(backend, "china").await;
+    let partner = app.partner("Beijing Partner", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let customer = app.tenant(TenantKind::Customer, "Shanghai").await;
+    let key = sovra_commerce::ProductKey::generate().formatted();
+    let s = expect_code(
+        app.keys()
+            .redeem_product_key(req(&agent, redeem(&partner, &customer, &key, "")))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        s.message().contains("`product_keys`") && s.message().contains("`china`"),
+        "{}",
+        s.message()
+    );
+    let s = expect_code(
+        app.keys()
+            .import_product_keys(req(
+                &app.operator,
+                com::ImportProductKeysRequest {
+                    request_id: String::new(),
+                    keys: vec![com::ProductKeyImport {
+                        product_key: key,
+                        product_id: "office-business".into(),
+                        license_count: 1,
+                        term_days: 30,
+                    }],
+                },
+            ))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(s.message().contains("`china`"));
+    // Its catalog is its own, in CNY.
+    let products = app
+        .catalog()
+        .list_products(com::ListProductsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .products;
+    assert!(products
+        .iter()
+        .all(|p| p.unit_price.as_ref().unwrap().currency_code == "CNY"));
+    assert!(products.iter().all(|p| p.id != "dynamics-sales"));
+}
+backend_test!(china_has_no_product_keys);
