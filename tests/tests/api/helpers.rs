@@ -357,6 +357,11 @@ impl TestApp {
     /// A token of a new FULL-access agent of `partner` (who may create
     /// trials and offers and redeem product keys, as the admin may not).
     pub async fn agent(&self, partner: &Tenant) -> String {
+        self.agent_user(partner).await.token
+    }
+
+    /// As [`TestApp::agent`], with the user (to sign in again later).
+    pub async fn agent_user(&self, partner: &Tenant) -> TestUser {
         let alias = format!("agent-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
         self.user(
             &partner.admin_token,
@@ -366,7 +371,6 @@ impl TestApp {
             SupportedCompaniesAccess::Full,
         )
         .await
-        .token
     }
 
     /// A delegated-admin offer code from `partner` (by its admin).

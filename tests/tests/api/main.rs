@@ -6,6 +6,7 @@ mod access;
 mod auth;
 mod bootstrap;
 mod commerce;
+mod commerce_links;
 mod customers;
 mod delegated;
 mod links;

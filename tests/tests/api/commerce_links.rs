@@ -1,0 +1,493 @@
+//! Trial invitations and purchase offers at their edges: codes from another
+//! instance, tampered, revoked or expired; who may create and redeem; the
+//! trial rule; bad input refused with nothing written; trial expiry; and a
+//! notification stream resumed without loss or repetition.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_stream::StreamExt;
+use tonic::{Code, Request};
+
+use crate::{
+    backend_test,
+    commerce::{existing, new_customer, ADVISOR},
+    helpers::*,
+};
+
+/// Rows commerce, relationships and identity hold, to prove a refusal wrote nothing.
+async fn footprint(app: &TestApp) -> (i64, i64, i64, i64) {
+    (
+        app.com_count("SELECT COUNT(*) FROM subscriptions").await,
+        app.com_count("SELECT COUNT(*) FROM redemptions").await,
+        app.rel_count("SELECT COUNT(*) FROM partner_customers")
+            .await,
+        app.count("SELECT COUNT(*) FROM tenants").await,
+    )
+}
+
+fn redeem_trial(
+    code: &str,
+    customer: Option<com::CustomerChoice>,
+) -> com::RedeemTrialInvitationRequest {
+    com::RedeemTrialInvitationRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        code: code.into(),
+        customer,
+        ..Default::default()
+    }
+}
+
+async fn bad_links_are_refused_before_anything_is_written(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let china = TestApp::spawn_instance(backend, "china").await;
+    let partner = app.partner("Edge Partner", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let customer = app.tenant(TenantKind::Customer, "Edge Customer").await;
+    let code = app
+        .trial_code(&agent, &partner, "office-business", false)
+        .await;
+    let before = footprint(&app).await;
+    let trials = app.trials();
+    let redeem = |code: String| {
+        let mut t = trials.clone();
+        let r = req(
+            &customer.admin_token,
+            redeem_trial(&code, existing(&customer.id)),
+        );
+        async move { t.redeem_trial_invitation(r).await }
+    };
+
+    // From another instance: named, refused.
+    let china_partner = china.partner("Beijing", ADVISOR).await;
+    let china_agent = china.agent(&china_partner).await;
+    let foreign = china
+        .trial_code(&china_agent, &china_partner, "office-business", false)
+        .await;
+    let s = expect_invalid(redeem(foreign.clone()).await, "code");
+    assert!(s.message().contains("`china`"), "{}", s.message());
+    expect_invalid(
+        app.com_links()
+            .preview_link(com::PreviewLinkRequest { code: foreign })
+            .await,
+        "code",
+    );
+    // Tampered.
+    let mut chars: Vec<char> = code.chars().collect();
+    let last = chars.len() - 2;
+    chars[last] = if chars[last] == 'A' { 'B' } else { 'A' };
+    expect_invalid(redeem(chars.into_iter().collect()).await, "code");
+    // A purchase-offer code used as a trial invitation.
+    let offer = app
+        .offers()
+        .create_purchase_offer(req(
+            &agent,
+            com::CreatePurchaseOfferRequest {
+                request_id: String::new(),
+                partner_tenant_id: partner.id.clone(),
+                lines: vec![com::OfferLine {
+                    product_id: "security-suite".into(),
+                    license_count: 5,
+                }],
+                include_delegated_admin: false,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .offer
+        .unwrap();
+    expect_invalid(redeem(offer.code.clone()).await, "code");
+    // Delegated administration the link does not include.
+    let mut r = redeem_trial(&code, existing(&customer.id));
+    r.accept_delegated_admin = true;
+    expect_invalid(
+        app.trials()
+            .redeem_trial_invitation(req(&customer.admin_token, r))
+            .await,
+        "accept_delegated_admin",
+    );
+    // No customer named; a new customer missing its admin's password.
+    expect_invalid(
+        app.trials()
+            .redeem_trial_invitation(Request::new(redeem_trial(&code, None)))
+            .await,
+        "customer",
+    );
+    let (mut signup, _) = new_customer("Half");
+    if let Some(com::customer_choice::Customer::NewCustomer(nc)) = signup.customer.as_mut() {
+        nc.admin_password.clear();
+    }
+    expect_invalid(
+        app.trials()
+            .redeem_trial_invitation(Request::new(redeem_trial(&code, Some(signup))))
+            .await,
+        "customer.new_customer.admin_password",
+    );
+    // A bad domain is identity's verdict, named in our field.
+    let (mut signup, _) = new_customer("Baddomain");
+    if let Some(com::customer_choice::Customer::NewCustomer(nc)) = signup.customer.as_mut() {
+        nc.primary_domain = "not a domain".into();
+    }
+    expect_invalid(
+        app.trials()
+            .redeem_trial_invitation(Request::new(redeem_trial(&code, Some(signup))))
+            .await,
+        "customer.new_customer.primary_domain",
+    );
+    // An existing customer without sign-in; another tenant's admin.
+    expect_code(
+        app.trials()
+            .redeem_trial_invitation(Request::new(redeem_trial(&code, existing(&customer.id))))
+            .await,
+        Code::Unauthenticated,
+    );
+    let stranger = app.tenant(TenantKind::Customer, "Stranger").await;
+    expect_code(
+        app.trials()
+            .redeem_trial_invitation(req(
+                &stranger.admin_token,
+                redeem_trial(&code, existing(&customer.id)),
+            ))
+            .await,
+        Code::PermissionDenied,
+    );
+    let before = (before.0, before.1, before.2, before.3 + 1); // the stranger's tenant
+    assert_eq!(footprint(&app).await, before);
+
+    // Revoked.
+    let id = app
+        .trials()
+        .list_trial_invitations(req(
+            &agent,
+            com::ListTrialInvitationsRequest {
+                partner_tenant_id: partner.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .invitations[0]
+        .id
+        .clone();
+    app.trials()
+        .revoke_trial_invitation(req(
+            &agent,
+            com::RevokeTrialInvitationRequest {
+                request_id: String::new(),
+                partner_tenant_id: partner.id.clone(),
+                id,
+            },
+        ))
+        .await
+        .unwrap();
+    let s = expect_code(redeem(code.clone()).await, Code::FailedPrecondition);
+    assert!(s.message().contains("revoked"), "{}", s.message());
+    // Expired.
+    let fresh = app
+        .trial_code(&agent, &partner, "office-business", false)
+        .await;
+    app.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let token = app
+        .sign_in(&format!("admin@{}", customer.domain), PASSWORD)
+        .await;
+    let s = expect_code(
+        app.trials()
+            .redeem_trial_invitation(req(&token, redeem_trial(&fresh, existing(&customer.id))))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(s.message().contains("expired"), "{}", s.message());
+    assert_eq!(footprint(&app).await, before);
+}
+backend_test!(bad_links_are_refused_before_anything_is_written);
+
+async fn who_may_create_and_the_trial_rule(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let partner = app
+        .partner(
+            "Rules Partner",
+            &[PartnerAuthorization::SubscriptionAdvisor],
+        )
+        .await;
+    let agent_user = app.agent_user(&partner).await;
+    let agent = agent_user.token.clone();
+    let create = |token: &str, product: &str, da: bool| {
+        let mut t = app.trials();
+        let r = req(
+            token,
+            com::CreateTrialInvitationRequest {
+                request_id: String::new(),
+                partner_tenant_id: partner.id.clone(),
+                product_id: product.into(),
+                include_delegated_admin: da,
+            },
+        );
+        async move { t.create_trial_invitation(r).await }
+    };
+    // The partner's admin without supported-companies access may not.
+    expect_code(
+        create(&partner.admin_token, "office-business", false).await,
+        Code::PermissionDenied,
+    );
+    // Delegated administration needs the DELEGATED_ADMIN program.
+    let s = expect_code(
+        create(&agent, "office-business", true).await,
+        Code::FailedPrecondition,
+    );
+    assert!(s.message().contains("DELEGATED_ADMIN"), "{}", s.message());
+    // A product without a trial, an unknown product.
+    expect_invalid(create(&agent, "security-suite", false).await, "product_id");
+    expect_code(create(&agent, "nope", false).await, Code::NotFound);
+    // Offer lines out of bounds or repeated.
+    let offer = |lines: Vec<com::OfferLine>| {
+        let mut o = app.offers();
+        let r = req(
+            &agent,
+            com::CreatePurchaseOfferRequest {
+                request_id: String::new(),
+                partner_tenant_id: partner.id.clone(),
+                lines,
+                include_delegated_admin: false,
+            },
+        );
+        async move { o.create_purchase_offer(r).await }
+    };
+    let line = |p: &str, n: i32| com::OfferLine {
+        product_id: p.into(),
+        license_count: n,
+    };
+    expect_invalid(offer(vec![]).await, "lines");
+    expect_invalid(
+        offer(vec![line("security-suite", 4)]).await,
+        "lines[0].license_count",
+    );
+    expect_invalid(
+        offer(vec![line("office-business", 1), line("office-business", 2)]).await,
+        "lines[1].product_id",
+    );
+    assert_eq!(
+        app.com_count("SELECT COUNT(*) FROM commerce_links").await,
+        0
+    );
+
+    // One trial per product per customer, whichever link it comes from.
+    let customer = app.tenant(TenantKind::Customer, "Tryer").await;
+    let a = app
+        .trial_code(&agent, &partner, "office-business", false)
+        .await;
+    let b = app
+        .trial_code(&agent, &partner, "office-business", false)
+        .await;
+    let redeem = |code: &str| {
+        let mut t = app.trials();
+        let r = req(
+            &customer.admin_token,
+            redeem_trial(code, existing(&customer.id)),
+        );
+        async move { t.redeem_trial_invitation(r).await }
+    };
+    let first = redeem(&a).await.unwrap().into_inner();
+    // The same link again answers the first result.
+    assert_eq!(redeem(&a).await.unwrap().into_inner(), first);
+    let s = expect_code(redeem(&b).await, Code::FailedPrecondition);
+    assert!(
+        s.message().contains("one trial per product"),
+        "{}",
+        s.message()
+    );
+    assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 1);
+
+    // Trials expire in the background, and the partner of record hears of it.
+    app.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let expired = app
+        .commerce
+        .as_ref()
+        .unwrap()
+        .expire_trials()
+        .await
+        .unwrap();
+    assert_eq!(expired, 1);
+    let customer_token = app
+        .sign_in(&format!("admin@{}", customer.domain), PASSWORD)
+        .await;
+    let agent = app.sign_in(&agent_user.upn, PASSWORD).await;
+    let sub = app
+        .subscriptions()
+        .list_subscriptions(req(
+            &customer_token,
+            com::ListSubscriptionsRequest {
+                customer_tenant_id: customer.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .subscriptions
+        .remove(0);
+    assert_eq!(sub.state(), com::SubscriptionState::Expired);
+    let notes = app
+        .notifications()
+        .list_notifications(req(
+            &agent,
+            com::ListNotificationsRequest {
+                partner_tenant_id: partner.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    assert_eq!(
+        notes.iter().map(|n| n.kind()).collect::<Vec<_>>(),
+        [
+            com::NotificationKind::SubscriptionCreated,
+            com::NotificationKind::SubscriptionExpired
+        ]
+    );
+}
+backend_test!(who_may_create_and_the_trial_rule);
+
+async fn self_service_follows_the_instance(backend: Backend) {
+    for (instance, allowed) in [("global", true), ("china", false)] {
+        let app = TestApp::spawn_instance(backend, instance).await;
+        let customer = app.tenant(TenantKind::Customer, "Self").await;
+        let r = app
+            .subscriptions()
+            .purchase_subscription(req(
+                &customer.admin_token,
+                com::PurchaseSubscriptionRequest {
+                    request_id: "buy".into(),
+                    customer_tenant_id: customer.id.clone(),
+                    product_id: "office-business".into(),
+                    license_count: 3,
+                },
+            ))
+            .await;
+        if allowed {
+            let s = r.unwrap().into_inner().subscription.unwrap();
+            assert_eq!(s.source(), com::SubscriptionSource::SelfService);
+            assert!(s.partner_of_record_tenant_id.is_empty());
+        } else {
+            let s = expect_code(r, Code::FailedPrecondition);
+            assert!(
+                s.message().contains("`customer_self_service`") && s.message().contains("`china`")
+            );
+            assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 0);
+        }
+    }
+}
+backend_test!(self_service_follows_the_instance);
+
+async fn a_resumed_stream_misses_and_repeats_nothing(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let partner = app.partner("Watcher", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let customer = app.tenant(TenantKind::Customer, "Busy").await;
+    let (watch_app, watch_agent, watch_partner) = (app.clone(), agent.clone(), partner.clone());
+    let buy = move |n: usize| {
+        let app = app.clone();
+        let agent = agent.clone();
+        let partner = partner.clone();
+        let customer = customer.clone();
+        async move {
+            let offer = app
+                .offers()
+                .create_purchase_offer(req(
+                    &agent,
+                    com::CreatePurchaseOfferRequest {
+                        request_id: String::new(),
+                        partner_tenant_id: partner.id.clone(),
+                        lines: vec![com::OfferLine {
+                            product_id: "office-enterprise".into(),
+                            license_count: n as i32 + 1,
+                        }],
+                        include_delegated_admin: false,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .offer
+                .unwrap();
+            app.offers()
+                .redeem_purchase_offer(req(
+                    &customer.admin_token,
+                    com::RedeemPurchaseOfferRequest {
+                        request_id: format!("buy-{n}"),
+                        code: offer.code,
+                        customer: existing(&customer.id),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap();
+        }
+    };
+    let watch = |after: i64| {
+        let mut n = watch_app.notifications();
+        let r = req(
+            &watch_agent,
+            com::WatchNotificationsRequest {
+                partner_tenant_id: watch_partner.id.clone(),
+                after_sequence: after,
+            },
+        );
+        async move { n.watch_notifications(r).await.unwrap().into_inner() }
+    };
+    for n in 0..3 {
+        buy(n).await;
+    }
+    // Read three, then drop the stream mid-way.
+    let mut stream = watch(0).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(
+            stream
+                .next()
+                .await
+                .unwrap()
+                .unwrap()
+                .notification
+                .unwrap()
+                .sequence,
+        );
+    }
+    drop(stream);
+    // Changes while disconnected, and more while reconnected.
+    for n in 3..6 {
+        buy(n).await;
+    }
+    let mut stream = watch(*seen.last().unwrap()).await;
+    let writer = tokio::spawn({
+        let buy = buy.clone();
+        async move {
+            for n in 6..9 {
+                buy(n).await;
+            }
+        }
+    });
+    while seen.len() < 9 {
+        let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the stream delivers every later notification")
+            .unwrap()
+            .unwrap();
+        seen.push(next.notification.unwrap().sequence);
+    }
+    writer.await.unwrap();
+    assert_eq!(
+        seen,
+        (1..=9).collect::<Vec<i64>>(),
+        "each exactly once, in order"
+    );
+    // Nothing more arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.next())
+            .await
+            .is_err()
+    );
+}
+backend_test!(a_resumed_stream_misses_and_repeats_nothing);
