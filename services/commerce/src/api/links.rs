@@ -184,6 +184,7 @@ impl Commerce {
         Ok((rows, next))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn revoke<M: prost::Message + Default>(
         &self,
         ctx: &Ctx,
