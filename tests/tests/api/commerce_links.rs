@@ -347,6 +347,30 @@ async fn who_may_create_and_the_trial_rule(backend: Backend) {
             com::NotificationKind::SubscriptionExpired
         ]
     );
+
+    // A suspended partner creates no more links; the message says why.
+    let operator = app.authority.issue_operator(3600).value;
+    app.tenants()
+        .set_partner_status(req(
+            &operator,
+            SetPartnerStatusRequest {
+                tenant_id: partner.id.clone(),
+                status: PartnerStatus::Suspended as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let links_before = app.com_count("SELECT COUNT(*) FROM commerce_links").await;
+    let s = expect_code(
+        create(&agent, "office-business", false).await,
+        Code::FailedPrecondition,
+    );
+    assert!(s.message().contains("suspended"), "{}", s.message());
+    assert_eq!(
+        app.com_count("SELECT COUNT(*) FROM commerce_links").await,
+        links_before
+    );
 }
 backend_test!(who_may_create_and_the_trial_rule);
 
@@ -491,3 +515,124 @@ async fn a_resumed_stream_misses_and_repeats_nothing(backend: Backend) {
     );
 }
 backend_test!(a_resumed_stream_misses_and_repeats_nothing);
+
+async fn a_redemption_cut_off_midway_fails_and_its_retry_completes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let key = Arc::new(sovra_runtime::auth::Keyring::generate());
+    let core = TestApp::start_services(
+        &settings("global", &db),
+        key.clone(),
+        sovra::Services {
+            identity: true,
+            relationships: true,
+            commerce: false,
+        },
+    )
+    .await
+    .unwrap();
+    // Commerce alone, reaching relationships through a link the test can cut.
+    let proxy = Proxy::start().await;
+    proxy.target(core.addr);
+    let commerce = TestApp::start_services(
+        &settings_with(
+            "global",
+            &db,
+            vec![
+                (
+                    "commerce.identity_url".into(),
+                    format!("http://{}", core.addr),
+                ),
+                (
+                    "commerce.relationships_url".into(),
+                    format!("http://{}", proxy.addr),
+                ),
+            ],
+        ),
+        key,
+        sovra::Services::one("commerce").unwrap(),
+    )
+    .await
+    .unwrap();
+    let partner = core.partner("Midway", ADVISOR).await;
+    let agent = core.agent(&partner).await;
+    let code = commerce
+        .trial_code(&agent, &partner, "office-business", true)
+        .await;
+    let (choice, upn) = new_customer("Cutoff");
+    let mut r = redeem_trial(&code, Some(choice));
+    r.accept_delegated_admin = true;
+    let tenants = core.count("SELECT COUNT(*) FROM tenants").await;
+
+    proxy.down();
+    let s = expect_code(
+        commerce
+            .trials()
+            .redeem_trial_invitation(Request::new(r.clone()))
+            .await,
+        Code::Unavailable,
+    );
+    assert!(s.message().contains("relationships"), "{}", s.message());
+    // The tenant was created; nothing else was.
+    assert_eq!(
+        core.count("SELECT COUNT(*) FROM tenants").await,
+        tenants + 1
+    );
+    assert_eq!(
+        commerce
+            .com_count("SELECT COUNT(*) FROM subscriptions")
+            .await,
+        0
+    );
+    assert_eq!(
+        core.rel_count("SELECT COUNT(*) FROM partner_customers")
+            .await,
+        0
+    );
+
+    proxy.up();
+    let done = commerce
+        .trials()
+        .redeem_trial_invitation(Request::new(r.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .redemption
+        .unwrap();
+    let again = commerce
+        .trials()
+        .redeem_trial_invitation(Request::new(r))
+        .await
+        .unwrap()
+        .into_inner()
+        .redemption
+        .unwrap();
+    assert_eq!(done, again);
+    // Exactly one of everything: tenant, subscription, advisor row, delegated admin.
+    assert_eq!(
+        core.count("SELECT COUNT(*) FROM tenants").await,
+        tenants + 1
+    );
+    assert_eq!(
+        commerce
+            .com_count("SELECT COUNT(*) FROM subscriptions")
+            .await,
+        1
+    );
+    assert_eq!(
+        core.rel_count(
+            "SELECT COUNT(*) FROM partner_customers WHERE advisor = 1 AND partner_of_record = 1"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        core.rel_count("SELECT COUNT(*) FROM delegated_admin_relationships WHERE state = 'ACTIVE'")
+            .await,
+        1
+    );
+    // The new admin signs in to the customer the redemption created.
+    let token = core.sign_in(&upn, PASSWORD).await;
+    assert!(!token.is_empty());
+    assert_eq!(done.subscriptions.len(), 1);
+}
+backend_test!(a_redemption_cut_off_midway_fails_and_its_retry_completes);

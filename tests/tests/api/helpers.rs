@@ -742,7 +742,7 @@ impl Proxy {
         }
     }
 
-    fn target(&self, to: std::net::SocketAddr) {
+    pub fn target(&self, to: std::net::SocketAddr) {
         let _ = self.target.set(to);
     }
 
