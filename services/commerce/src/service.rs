@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use sovra_proto::identity::v1 as idpb;
 use sovra_runtime::{
     audit,
-    auth::{Caller, UserCaller},
+    auth::UserCaller,
     clock::{Millis, SharedClock},
     config::Settings,
     db::{Db, Tx},
@@ -105,13 +105,7 @@ impl Commerce {
 
     /// The signed-in user, or PERMISSION_DENIED for the operator and services.
     pub(crate) fn user<'c>(&self, ctx: &'c Ctx) -> Result<&'c UserCaller, Error> {
-        match &ctx.caller {
-            Caller::User(u) => Ok(u),
-            _ => Err(Error::permission_denied(
-                "USER_REQUIRED",
-                "this call acts inside a tenant and needs a signed-in user's token",
-            )),
-        }
+        ctx.user()
     }
 
     /// What identity says about the user doing `p` in `tenant`.
@@ -121,10 +115,7 @@ impl Commerce {
         tenant: &TenantId,
         p: idpb::Permission,
     ) -> Result<Access, Error> {
-        let u = self.user(ctx)?;
-        self.identity()
-            .check(&u.user_id, tenant.as_str(), p, &ctx.trace_id)
-            .await
+        self.identity().check_user(ctx, tenant.as_str(), p).await
     }
 
     /// Requires the user to be allowed `p` in `tenant` (PERMISSION_DENIED

@@ -469,6 +469,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The signed-in user, or PERMISSION_DENIED for the operator and services.
+    pub fn user(&self) -> Result<&UserCaller, Error> {
+        match &self.caller {
+            Caller::User(u) => Ok(u),
+            _ => Err(Error::permission_denied(
+                "USER_REQUIRED",
+                "this call acts inside a tenant and needs a signed-in user's token",
+            )),
+        }
+    }
+
     /// The verified caller of `req` (see [`caller`]) and its trace id.
     pub fn of<T>(req: &Request<T>) -> Result<Ctx, Error> {
         Ok(Ctx {

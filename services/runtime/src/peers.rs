@@ -12,7 +12,7 @@ use tonic::{
 };
 
 use crate::{
-    auth::{Authority, Token},
+    auth::{Authority, Ctx, Token},
     Error,
 };
 
@@ -177,6 +177,18 @@ impl IdentityClient {
             basis: resp.basis(),
             reason: resp.reason,
         })
+    }
+
+    /// What identity says about the signed-in user of `ctx` doing `p` in
+    /// `tenant` (PERMISSION_DENIED for callers that are not users).
+    pub async fn check_user(
+        &self,
+        ctx: &Ctx,
+        tenant: &str,
+        p: idpb::Permission,
+    ) -> Result<Access, Error> {
+        let u = ctx.user()?;
+        self.check(&u.user_id, tenant, p, &ctx.trace_id).await
     }
 
     /// The tenant, or NOT_FOUND naming `field`.
