@@ -6,8 +6,7 @@ use std::{sync::Arc, time::Duration};
 use sovra_proto::identity::v1 as idpb;
 use sovra_runtime::{
     audit,
-    auth::UserCaller,
-    clock::{Millis, SharedClock},
+    clock::{Millis, SharedClock, DAY_MS, HOUR_MS},
     config::Settings,
     db::{Db, Tx},
     features::{Feature, FeatureFlags},
@@ -21,9 +20,6 @@ pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 use tokio::sync::watch;
 
 use crate::{advisors::AdvisorClient, domain::catalog::Catalog, ratelimit::RateLimiter};
-
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
-const HOUR_MS: i64 = 60 * 60 * 1000;
 
 /// What commerce needs from configuration.
 #[derive(Debug, Clone)]
@@ -101,11 +97,6 @@ impl Commerce {
 
     pub(crate) fn require_feature(&self, f: Feature) -> Result<(), Error> {
         self.cfg().features.require(f, &self.cfg().instance)
-    }
-
-    /// The signed-in user, or PERMISSION_DENIED for the operator and services.
-    pub(crate) fn user<'c>(&self, ctx: &'c Ctx) -> Result<&'c UserCaller, Error> {
-        ctx.user()
     }
 
     /// What identity says about the user doing `p` in `tenant`.

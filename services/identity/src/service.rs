@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use sovra_runtime::{
     audit,
     auth::{Authority, Caller},
-    clock::{Millis, SharedClock},
+    clock::{Millis, SharedClock, DAY_MS, HOUR_MS},
     config::Settings,
     db::{Db, Tx},
     features::FeatureFlags,
@@ -25,8 +25,6 @@ use crate::{
     hashing::Hasher,
     store::{grants, tenants, tenants::TenantRecord, users},
 };
-
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// What identity needs from configuration.
 #[derive(Debug, Clone)]
@@ -50,10 +48,7 @@ impl IdentityConfig {
             features: s.features,
             retention_ms: s.identity.user_retention_days as i64 * DAY_MS,
             access_token_ttl_secs: s.auth.access_token_ttl_secs,
-            idempotency_retention_ms: s.identity.idempotency_retention_hours as i64
-                * 60
-                * 60
-                * 1000,
+            idempotency_retention_ms: s.identity.idempotency_retention_hours as i64 * HOUR_MS,
             purge_interval: Duration::from_secs(s.identity.purge_interval_secs),
         }
     }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use sovra_proto::identity::v1 as idpb;
 use sovra_runtime::{
     audit,
-    auth::UserCaller,
-    clock::{Millis, SharedClock},
+    clock::{Millis, SharedClock, DAY_MS, HOUR_MS},
     config::Settings,
     db::{Db, Tx},
     features::{Feature, FeatureFlags},
@@ -21,8 +20,6 @@ pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 use sovra_runtime::peers::{Access, IdentityClient, Programs};
 
 use crate::{outbox::Outbox, store::customers};
-
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// What relationships needs from configuration.
 #[derive(Debug, Clone)]
@@ -39,10 +36,7 @@ impl RelationshipsConfig {
             instance: s.instance.name.clone(),
             features: s.features,
             link_ttl_ms: s.relationships.link_ttl_days as i64 * DAY_MS,
-            idempotency_retention_ms: s.relationships.idempotency_retention_hours as i64
-                * 60
-                * 60
-                * 1000,
+            idempotency_retention_ms: s.relationships.idempotency_retention_hours as i64 * HOUR_MS,
         }
     }
 }
@@ -116,11 +110,6 @@ impl Relationships {
         self.cfg().features.require(f, &self.cfg().instance)
     }
 
-    /// The signed-in user, or PERMISSION_DENIED for the operator and services.
-    pub(crate) fn user<'c>(&self, ctx: &'c Ctx) -> Result<&'c UserCaller, Error> {
-        ctx.user()
-    }
-
     /// What identity says about the user doing `p` in `tenant`.
     pub(crate) async fn check(
         &self,
@@ -154,7 +143,7 @@ impl Relationships {
         tenant: &TenantId,
         reason: String,
     ) -> Result<Error, Error> {
-        let u = self.user(ctx)?;
+        let u = ctx.user()?;
         let related = u.tenant_id == tenant.as_str()
             || customers::get(self.db().read(), &u.tenant_id, tenant.as_str())
                 .await?
@@ -174,7 +163,7 @@ impl Relationships {
         customer: &TenantId,
         what: &str,
     ) -> Result<(), Error> {
-        let u = self.user(ctx)?;
+        let u = ctx.user()?;
         let refuse = || {
             Error::permission_denied(
                 "CUSTOMER_GLOBAL_ADMIN_REQUIRED",

@@ -8,6 +8,9 @@ use std::sync::{
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
+pub const HOUR_MS: Millis = 60 * 60 * 1000;
+pub const DAY_MS: Millis = 24 * HOUR_MS;
+
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> Millis;
 }

@@ -10,6 +10,7 @@ use tonic::{
     transport::{Channel, Endpoint},
     Code, Request, Status,
 };
+use tonic_types::StatusExt;
 
 use crate::{
     auth::{Authority, Ctx, Token},
@@ -78,17 +79,28 @@ impl ServiceCredentials {
     }
 }
 
-/// A peer's failure as ours: unreachable is UNAVAILABLE (retry); a refusal
-/// the caller can act on keeps its code and message; anything else is
-/// internal (its text is logged, not shown).
+/// A peer's failure as ours: unreachable is UNAVAILABLE (retry) with the
+/// reason `{PEER}_UNAVAILABLE`, for example IDENTITY_UNAVAILABLE; anything
+/// else is internal (its text is logged, not shown).
 pub fn peer_error(peer: &str, s: Status) -> Error {
+    // Every answer a Sovra service gives carries ErrorInfo; an INTERNAL or
+    // UNKNOWN without it was made by the transport (a connection reset mid
+    // handshake or call), so the peer is unreachable, not broken.
+    let transport = s.get_details_error_info().is_none();
     match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::unavailable(
-            "PEER_UNAVAILABLE",
-            format!("the {peer} service is unavailable; retry shortly"),
-        ),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => unavailable(peer),
+        Code::Internal | Code::Unknown if transport => unavailable(peer),
         _ => Error::internal(format!("{peer} answered {:?}: {}", s.code(), s.message())),
     }
+}
+
+fn unavailable(peer: &str) -> Error {
+    let mut e = Error::unavailable(
+        "PEER_UNAVAILABLE",
+        format!("the {peer} service is unavailable; retry shortly"),
+    );
+    e.reason = format!("{}_UNAVAILABLE", peer.to_uppercase()).into();
+    e
 }
 
 /// The partner programs a call needs.
@@ -325,4 +337,25 @@ pub fn passthrough(peer: &str, s: Status) -> Error {
         _ => return peer_error(peer, s),
     };
     Error::from_peer(s, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn a_broken_transport_is_unavailable_and_a_peer_fault_is_internal() {
+        let e = peer_error(
+            "identity",
+            Status::internal("h2 protocol error: connection reset"),
+        );
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert_eq!(e.reason, "IDENTITY_UNAVAILABLE");
+        let e = peer_error("relationships", Status::unavailable("tcp connect error"));
+        assert_eq!(e.reason, "RELATIONSHIPS_UNAVAILABLE");
+        // The peer's own internal error (it carries ErrorInfo) stays internal.
+        let answered: Status = Error::internal("disk full").into();
+        assert_eq!(peer_error("identity", answered).code, ErrorCode::Internal);
+    }
 }

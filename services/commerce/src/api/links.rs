@@ -25,15 +25,6 @@ use crate::{
 /// The most lines one purchase offer may hold.
 const MAX_OFFER_LINES: usize = 20;
 
-impl LinkKind {
-    fn feature(self) -> Feature {
-        match self {
-            LinkKind::Trial => Feature::Trials,
-            LinkKind::Offer => Feature::PurchaseOffers,
-        }
-    }
-}
-
 /// What creating a link of either kind takes.
 struct NewLink<'a> {
     kind: LinkKind,
@@ -44,9 +35,11 @@ struct NewLink<'a> {
 }
 
 impl Commerce {
-    /// Checks the code (authentic, this instance, this kind) before anything
-    /// is read, then loads its record and refuses it when revoked or expired.
+    /// Checks the kind's feature and the code (authentic, this instance,
+    /// this kind) before anything is read, then loads its record and refuses
+    /// it when revoked or expired.
     pub(crate) async fn live_link(&self, kind: LinkKind, code: &str) -> Result<LinkRecord, Error> {
+        self.require_feature(kind.feature())?;
         let id = self.inner.links.verify("code", kind.as_str(), code)?;
         let record = links::get(self.db().read(), &id)
             .await?
@@ -493,7 +486,6 @@ impl pb::link_service_server::LinkService for Commerce {
             Some("offer") => LinkKind::Offer,
             _ => LinkKind::Trial,
         };
-        self.require_feature(kind.feature())?;
         let link = self.live_link(kind, code).await?;
         let partner = self
             .identity()

@@ -264,10 +264,7 @@ impl pb::product_key_service_server::ProductKeyService for Commerce {
                     partner_of_record: true,
                     delegated_admin: da as i32,
                     reassign: false,
-                    acting_user_id: self
-                        .user(&ctx)
-                        .map(|u| u.user_id.clone())
-                        .unwrap_or_default(),
+                    acting_user_id: ctx.user().map(|u| u.user_id.clone()).unwrap_or_default(),
                 },
                 &ctx.trace_id,
             )

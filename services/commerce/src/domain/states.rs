@@ -1,7 +1,7 @@
 //! The stored names of commerce's states and kinds.
 
 use sovra_proto::commerce::v1 as pb;
-use sovra_runtime::stored_enum;
+use sovra_runtime::{features::Feature, stored_enum};
 
 stored_enum!(
     /// What a commerce link offers; the slug is its URL path.
@@ -16,6 +16,14 @@ impl LinkKind {
         match self {
             LinkKind::Trial => "trial invitation",
             LinkKind::Offer => "purchase offer",
+        }
+    }
+
+    /// The flag that switches this kind of link on.
+    pub fn feature(self) -> Feature {
+        match self {
+            LinkKind::Trial => Feature::Trials,
+            LinkKind::Offer => Feature::PurchaseOffers,
         }
     }
 

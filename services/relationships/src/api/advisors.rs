@@ -15,7 +15,7 @@ use super::{
     Rpc,
 };
 use crate::{
-    domain::states::{DelegatedState, LinkKind},
+    domain::states::LinkKind,
     service::{Change, Relationships},
     store::{
         customers,
@@ -102,19 +102,7 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
                 links::insert(&mut tx, &link).await?;
                 delegated::insert(
                     &mut tx,
-                    &Relationship {
-                        id: uuid::Uuid::now_v7().to_string(),
-                        partner_tenant_id: partner.to_string(),
-                        customer_tenant_id: customer.to_string(),
-                        state: DelegatedState::Pending,
-                        offer_id: link.id.clone(),
-                        reassigned_to: None,
-                        version: 1,
-                        created_at: now,
-                        activated_at: None,
-                        ended_at: None,
-                        updated_at: now,
-                    },
+                    &Relationship::pending(partner.as_str(), customer.as_str(), &link.id, now),
                 )
                 .await?;
                 resp.delegated_admin_offer = Some(offer_to_pb(&link, &code));

@@ -119,18 +119,10 @@ impl Relationships {
         let mut rel = match delegated::pending_for_offer(tx, offer_id, customer_id).await? {
             Some(p) => p,
             None => {
+                // Created here and activated at once: the transition makes it version 1.
                 let fresh = Relationship {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    partner_tenant_id: partner.to_string(),
-                    customer_tenant_id: customer_id.to_owned(),
-                    state: DelegatedState::Pending,
-                    offer_id: offer_id.to_owned(),
-                    reassigned_to: None,
                     version: 0,
-                    created_at: now,
-                    activated_at: None,
-                    ended_at: None,
-                    updated_at: now,
+                    ..Relationship::pending(partner.as_str(), customer_id, offer_id, now)
                 };
                 delegated::insert(tx, &fresh).await?;
                 fresh
@@ -225,19 +217,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
             // An offer to one customer shows as PENDING on both sides.
             delegated::insert(
                 &mut tx,
-                &Relationship {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    partner_tenant_id: partner.to_string(),
-                    customer_tenant_id: c.to_string(),
-                    state: DelegatedState::Pending,
-                    offer_id: link.id.clone(),
-                    reassigned_to: None,
-                    version: 1,
-                    created_at: link.created_at,
-                    activated_at: None,
-                    ended_at: None,
-                    updated_at: link.created_at,
-                },
+                &Relationship::pending(partner.as_str(), c.as_str(), &link.id, link.created_at),
             )
             .await?;
         }

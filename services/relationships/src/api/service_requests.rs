@@ -34,7 +34,7 @@ impl Relationships {
     /// administration, or a reseller partner's user who may see customers —
     /// the last also after delegated administration ended (SPEC §4).
     async fn service_request_actor(&self, ctx: &Ctx, customer: &TenantId) -> Result<Actor, Error> {
-        let u = self.user(ctx)?;
+        let u = ctx.user()?;
         let access = self
             .check(ctx, customer, idpb::Permission::ServiceRequestsManage)
             .await?;
@@ -152,7 +152,7 @@ impl pb::service_request_service_server::ServiceRequestService for Relationships
         }
         let idem = Idempotency::new(&ctx.caller, "CreateServiceRequest", &r.request_id, &r)?;
         let actor = self.service_request_actor(&ctx, &customer).await?;
-        let u = self.user(&ctx)?;
+        let u = ctx.user()?;
         let now = self.now();
         let row = ServiceRequestRow {
             id: uuid::Uuid::now_v7().to_string(),

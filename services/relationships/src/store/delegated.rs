@@ -22,6 +22,25 @@ pub struct Relationship {
     pub updated_at: Millis,
 }
 
+impl Relationship {
+    /// A new PENDING relationship from `offer_id` between the two, at version 1.
+    pub fn pending(partner: &str, customer: &str, offer_id: &str, now: Millis) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            partner_tenant_id: partner.to_owned(),
+            customer_tenant_id: customer.to_owned(),
+            state: DelegatedState::Pending,
+            offer_id: offer_id.to_owned(),
+            reassigned_to: None,
+            version: 1,
+            created_at: now,
+            activated_at: None,
+            ended_at: None,
+            updated_at: now,
+        }
+    }
+}
+
 const COLUMNS: &str = "id, partner_tenant_id, customer_tenant_id, state, offer_id, reassigned_to, \
                        version, created_at, activated_at, ended_at, updated_at";
 
