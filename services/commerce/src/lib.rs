@@ -6,7 +6,6 @@
 pub mod advisors;
 pub mod api;
 pub mod domain;
-pub mod ratelimit;
 pub mod service;
 pub mod store;
 
@@ -77,15 +76,33 @@ pub fn build(
         links,
         clock,
         cfg: CommerceConfig::from_settings(settings),
-        key_attempts: ratelimit::RateLimiter::new(
+        key_attempts: sovra_runtime::ratelimit::RateLimiter::new(
             c.product_key_attempts_burst,
             c.product_key_attempts_per_minute,
         ),
+        limits: sovra_runtime::ratelimit::MutationLimits::new(&settings.limits),
         feed: tokio::sync::watch::channel(0).0,
     })
 }
 
 impl Commerce {
+    /// What the metrics endpoint reads from this service at each scrape.
+    pub fn collectors(&self) -> Vec<sovra_runtime::metrics::Collector> {
+        vec![sovra_runtime::metrics::pool_collector(
+            self.db().clone(),
+            "commerce",
+        )]
+    }
+
+    /// What a configuration reload updates here: the live flags, audited in this service's database.
+    pub fn reloadable(&self) -> sovra_runtime::features::Reloadable {
+        sovra_runtime::features::Reloadable {
+            service: "commerce",
+            features: self.cfg().features.clone(),
+            db: self.db().clone(),
+        }
+    }
+
     /// Adds the seven commerce services, behind the authenticator, to `set`.
     pub fn register(&self, set: &mut ServiceSet, auth: &Authenticator) {
         set.routes

@@ -9,7 +9,7 @@ use sovra_runtime::{
     clock::{Millis, SharedClock, DAY_MS, HOUR_MS},
     config::Settings,
     db::{Db, Tx},
-    features::{Feature, FeatureFlags},
+    features::{Feature, Features},
     idempotency::Idempotency,
     ids::TenantId,
     links::LinkCodes,
@@ -19,13 +19,16 @@ use sovra_runtime::{
 pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 use tokio::sync::watch;
 
-use crate::{advisors::AdvisorClient, domain::catalog::Catalog, ratelimit::RateLimiter};
+use sovra_runtime::ratelimit::{MutationLimits, RateLimiter};
+
+use crate::{advisors::AdvisorClient, domain::catalog::Catalog};
 
 /// What commerce needs from configuration.
 #[derive(Debug, Clone)]
 pub struct CommerceConfig {
     pub instance: String,
-    pub features: FeatureFlags,
+    /// Live flags (reloaded without a restart).
+    pub features: Features,
     pub catalog: Catalog,
     pub link_ttl_ms: i64,
     pub idempotency_retention_ms: i64,
@@ -37,7 +40,7 @@ impl CommerceConfig {
         let c = &s.commerce;
         Self {
             instance: s.instance.name.clone(),
-            features: s.features,
+            features: Features::new(&s.instance.name, s.features, &s.feature_overrides),
             catalog: Catalog::new(&s.instance.currency, &c.catalog),
             link_ttl_ms: c.link_ttl_days as i64 * DAY_MS,
             idempotency_retention_ms: c.idempotency_retention_hours as i64 * HOUR_MS,
@@ -60,6 +63,8 @@ pub(crate) struct Inner {
     pub clock: SharedClock,
     pub cfg: CommerceConfig,
     pub key_attempts: RateLimiter,
+    /// Mutating calls per partner, and per partner and customer.
+    pub limits: MutationLimits,
     /// Bumped after every commit that appended notifications: wakes watchers.
     pub feed: watch::Sender<u64>,
 }
@@ -95,8 +100,9 @@ impl Commerce {
         TenantId::parse(field, value, &self.inner.cfg.instance)
     }
 
-    pub(crate) fn require_feature(&self, f: Feature) -> Result<(), Error> {
-        self.cfg().features.require(f, &self.cfg().instance)
+    /// Ok when `f` is on in this instance and, when given, for `tenant`.
+    pub(crate) fn require_feature(&self, f: Feature, tenant: Option<&str>) -> Result<(), Error> {
+        self.cfg().features.require(f, tenant)
     }
 
     /// What identity says about the user doing `p` in `tenant`.

@@ -73,6 +73,23 @@ pub fn build(
 }
 
 impl Identity {
+    /// What the metrics endpoint reads from this service at each scrape.
+    pub fn collectors(&self) -> Vec<sovra_runtime::metrics::Collector> {
+        vec![sovra_runtime::metrics::pool_collector(
+            self.db().clone(),
+            "identity",
+        )]
+    }
+
+    /// What a configuration reload updates here: the live flags, audited in this service's database.
+    pub fn reloadable(&self) -> sovra_runtime::features::Reloadable {
+        sovra_runtime::features::Reloadable {
+            service: "identity",
+            features: self.cfg().features.clone(),
+            db: self.db().clone(),
+        }
+    }
+
     /// Adds the four identity services, behind the authenticator, to `set`.
     pub fn register(&self, set: &mut ServiceSet, auth: &Authenticator) {
         set.routes

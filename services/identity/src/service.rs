@@ -9,7 +9,7 @@ use sovra_runtime::{
     clock::{Millis, SharedClock, DAY_MS, HOUR_MS},
     config::Settings,
     db::{Db, Tx},
-    features::FeatureFlags,
+    features::Features,
     idempotency::Idempotency,
     Error,
 };
@@ -32,7 +32,8 @@ pub struct IdentityConfig {
     pub instance: String,
     pub data_regions: Vec<String>,
     pub region: String,
-    pub features: FeatureFlags,
+    /// Live flags (reloaded without a restart).
+    pub features: Features,
     pub retention_ms: i64,
     pub access_token_ttl_secs: u64,
     pub idempotency_retention_ms: i64,
@@ -45,7 +46,7 @@ impl IdentityConfig {
             instance: s.instance.name.clone(),
             data_regions: s.instance.data_regions.clone(),
             region: s.instance.region.clone(),
-            features: s.features,
+            features: Features::new(&s.instance.name, s.features, &s.feature_overrides),
             retention_ms: s.identity.user_retention_days as i64 * DAY_MS,
             access_token_ttl_secs: s.auth.access_token_ttl_secs,
             idempotency_retention_ms: s.identity.idempotency_retention_hours as i64 * HOUR_MS,

@@ -85,6 +85,54 @@ pub fn build(
 }
 
 impl Relationships {
+    /// What the metrics endpoint reads from this service at each scrape:
+    /// its pools, and the grant outbox's depth and the age of its oldest change.
+    pub fn collectors(&self) -> Vec<sovra_runtime::metrics::Collector> {
+        use sovra_runtime::metrics::Gauge;
+        let this = self.clone();
+        let outbox: sovra_runtime::metrics::Collector = std::sync::Arc::new(move || {
+            let this = this.clone();
+            Box::pin(async move {
+                match store::outbox::depth(this.db().read()).await {
+                    Ok((n, oldest)) => {
+                        let age = oldest.map_or(0.0, |t| (this.now() - t).max(0) as f64 / 1000.0);
+                        vec![
+                            Gauge::new(
+                                "sovra_grant_outbox_depth",
+                                "Delegated-grant changes waiting for delivery to identity",
+                                &[],
+                                n as f64,
+                            ),
+                            Gauge::new(
+                                "sovra_grant_outbox_oldest_age_seconds",
+                                "Age of the oldest undelivered delegated-grant change (0 when none)",
+                                &[],
+                                age,
+                            ),
+                        ]
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the grant outbox depth failed");
+                        Vec::new()
+                    }
+                }
+            })
+        });
+        vec![
+            sovra_runtime::metrics::pool_collector(self.db().clone(), "relationships"),
+            outbox,
+        ]
+    }
+
+    /// What a configuration reload updates here: the live flags, audited in this service's database.
+    pub fn reloadable(&self) -> sovra_runtime::features::Reloadable {
+        sovra_runtime::features::Reloadable {
+            service: "relationships",
+            features: self.cfg().features.clone(),
+            db: self.db().clone(),
+        }
+    }
+
     /// Adds the five relationships services, behind the authenticator, to `set`.
     pub fn register(&self, set: &mut ServiceSet, auth: &Authenticator) {
         set.routes

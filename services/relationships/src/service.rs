@@ -7,9 +7,9 @@ use sovra_proto::identity::v1 as idpb;
 use sovra_runtime::{
     audit,
     clock::{Millis, SharedClock, DAY_MS, HOUR_MS},
-    config::Settings,
+    config::{LimitSettings, Settings},
     db::{Db, Tx},
-    features::{Feature, FeatureFlags},
+    features::{Feature, Features},
     idempotency::Idempotency,
     ids::TenantId,
     links::LinkCodes,
@@ -18,6 +18,7 @@ use sovra_runtime::{
 pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 
 use sovra_runtime::peers::{Access, IdentityClient, Programs};
+use sovra_runtime::ratelimit::MutationLimits;
 
 use crate::{outbox::Outbox, store::customers};
 
@@ -25,18 +26,21 @@ use crate::{outbox::Outbox, store::customers};
 #[derive(Debug, Clone)]
 pub struct RelationshipsConfig {
     pub instance: String,
-    pub features: FeatureFlags,
+    /// Live flags (reloaded without a restart).
+    pub features: Features,
     pub link_ttl_ms: i64,
     pub idempotency_retention_ms: i64,
+    pub limits: LimitSettings,
 }
 
 impl RelationshipsConfig {
     pub fn from_settings(s: &Settings) -> Self {
         Self {
             instance: s.instance.name.clone(),
-            features: s.features,
+            features: Features::new(&s.instance.name, s.features, &s.feature_overrides),
             link_ttl_ms: s.relationships.link_ttl_days as i64 * DAY_MS,
             idempotency_retention_ms: s.relationships.idempotency_retention_hours as i64 * HOUR_MS,
+            limits: s.limits.clone(),
         }
     }
 }
@@ -54,6 +58,8 @@ pub(crate) struct Inner {
     pub links: LinkCodes,
     pub clock: SharedClock,
     pub cfg: RelationshipsConfig,
+    /// Mutating calls per partner, and per partner and customer.
+    pub limits: MutationLimits,
 }
 
 impl Relationships {
@@ -72,6 +78,7 @@ impl Relationships {
                 outbox,
                 links,
                 clock,
+                limits: MutationLimits::new(&cfg.limits),
                 cfg,
             }),
         }
@@ -105,9 +112,9 @@ impl Relationships {
         TenantId::parse(field, value, &self.inner.cfg.instance)
     }
 
-    /// A disabled capability is FAILED_PRECONDITION naming it and the instance.
-    pub(crate) fn require_feature(&self, f: Feature) -> Result<(), Error> {
-        self.cfg().features.require(f, &self.cfg().instance)
+    /// Ok when `f` is on in this instance and, when given, for `tenant`.
+    pub(crate) fn require_feature(&self, f: Feature, tenant: Option<&str>) -> Result<(), Error> {
+        self.cfg().features.require(f, tenant)
     }
 
     /// What identity says about the user doing `p` in `tenant`.

@@ -69,6 +69,34 @@ pub struct AuditEntry<'a> {
     pub trace_id: &'a str,
 }
 
+/// Records feature-flag changes from a configuration reload, each in the
+/// tenant it narrows (instance-wide ones under no tenant), by the operator.
+pub async fn record_flag_changes(
+    db: &Db,
+    now: Millis,
+    changes: &[crate::features::FlagChange],
+) -> Result<(), Error> {
+    let mut tx = db.begin().await?;
+    for c in changes {
+        record(
+            &mut tx,
+            now,
+            AuditEntry {
+                tenant_id: c.tenant.as_deref().unwrap_or(""),
+                caller: &Caller::Operator,
+                delegated: false,
+                action: "configuration.feature_flag.change",
+                target: c.to_string(),
+                request_id: "",
+                trace_id: "",
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Records a successful change (rejected calls write nothing, audit included).
 pub async fn record(tx: &mut Tx, now: Millis, e: AuditEntry<'_>) -> Result<(), Error> {
     let (kind, actor_id, actor_tenant) = match e.caller {

@@ -23,6 +23,8 @@ pub struct Keyring {
     signing: SigningKey,
     signing_kid: String,
     verifying: Vec<(String, VerifyingKey)>,
+    /// Keys signed with before a rotation: still verify, never sign.
+    previous: Vec<SigningKey>,
 }
 
 /// Why a key file could not be used.
@@ -49,7 +51,35 @@ impl Keyring {
             verifying: vec![(kid.clone(), signing.verifying_key())],
             signing,
             signing_kid: kid,
+            previous: Vec::new(),
         }
+    }
+
+    /// Also trusts `previous` keys (a rotation's overlap): tokens and link
+    /// codes they signed still verify; nothing new is signed with them.
+    pub fn with_previous(mut self, previous: Vec<SigningKey>) -> Self {
+        for k in &previous {
+            self.verifying
+                .push((key_id(&k.verifying_key()), k.verifying_key()));
+        }
+        self.previous.extend(previous);
+        self
+    }
+
+    /// [`Keyring::load`] of `path`, trusting the keys at `previous` too.
+    pub fn load_with_previous(
+        path: &Path,
+        previous: &[std::path::PathBuf],
+    ) -> Result<Self, KeyError> {
+        Ok(Self::load(path)?.with_previous(Self::load_previous(previous)?))
+    }
+
+    /// The keys at `paths`, for [`Keyring::with_previous`].
+    pub fn load_previous(paths: &[std::path::PathBuf]) -> Result<Vec<SigningKey>, KeyError> {
+        paths
+            .iter()
+            .map(|p| Self::load(p).map(|k| k.signing))
+            .collect()
     }
 
     pub fn generate() -> Self {
@@ -89,12 +119,21 @@ impl Keyring {
     /// A 32-byte secret for one `purpose`, derived from the signing key, so
     /// other instance-bound MACs (link codes) need no key of their own.
     pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(b"sovra derived secret v1\0");
-        h.update(purpose.as_bytes());
-        h.update([0u8]);
-        h.update(self.signing.to_bytes());
-        h.finalize().into()
+        derive(&self.signing, purpose)
+    }
+
+    /// The secret for `purpose` from the signing key, then from each
+    /// previous key (to verify what was made before a rotation).
+    pub fn derive_secrets(&self, purpose: &str) -> Vec<[u8; 32]> {
+        std::iter::once(&self.signing)
+            .chain(&self.previous)
+            .map(|k| derive(k, purpose))
+            .collect()
+    }
+
+    /// The signing key's bytes (tests and key export only).
+    pub fn signing_key_bytes(&self) -> [u8; 32] {
+        self.signing.to_bytes()
     }
 
     /// (key id, raw public key) for every verifying key.
@@ -121,6 +160,15 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = opts.open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+fn derive(key: &SigningKey, purpose: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"sovra derived secret v1\0");
+    h.update(purpose.as_bytes());
+    h.update([0u8]);
+    h.update(key.to_bytes());
+    h.finalize().into()
 }
 
 fn key_id(key: &VerifyingKey) -> String {
@@ -389,14 +437,27 @@ impl Authority {
 
 /// The interceptor in front of every service: verifies a bearer token when
 /// one is sent and records the caller; methods that need one ask for it.
+///
+/// Under mutual TLS a service is known by its certificate: a call over a
+/// connection whose client certificate names `spiffe://<instance>/<service>`
+/// is that service's; a service token alone is refused, and one that names
+/// another service than the certificate is refused too.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     authority: Authority,
+    mtls: bool,
 }
 
 impl Authenticator {
-    pub fn new(authority: Authority) -> Self {
-        Self { authority }
+    pub fn new(authority: Authority, mtls: bool) -> Self {
+        Self { authority, mtls }
+    }
+
+    fn service_of_connection<T>(&self, req: &Request<T>) -> Option<String> {
+        req.extensions()
+            .get::<crate::tls::PeerInfo>()
+            .and_then(|p| p.service(self.authority.instance()))
+            .map(str::to_owned)
     }
 }
 
@@ -413,7 +474,11 @@ impl Interceptor for Authenticator {
                 req.extensions_mut().insert(TraceId(id));
             }
         }
+        let cert_service = self.service_of_connection(&req);
         let Some(value) = req.metadata().get("authorization") else {
+            if let Some(service) = cert_service {
+                req.extensions_mut().insert(Caller::Service(service));
+            }
             return Ok(req);
         };
         let value = value.to_str().map_err(|_| {
@@ -432,6 +497,17 @@ impl Interceptor for Authenticator {
                 ))
             })?;
         let caller = self.authority.verify(token.trim()).map_err(Status::from)?;
+        if let Caller::Service(name) = &caller {
+            if self.mtls && cert_service.as_deref() != Some(name.as_str()) {
+                return Err(Status::from(Error::unauthenticated(
+                    "SERVICE_CERTIFICATE_REQUIRED",
+                    format!(
+                        "service calls must come over mutual TLS with the `{name}` certificate of instance `{}`",
+                        self.authority.instance()
+                    ),
+                )));
+            }
+        }
         req.extensions_mut().insert(caller);
         Ok(req)
     }
@@ -476,6 +552,22 @@ impl Ctx {
             _ => Err(Error::permission_denied(
                 "USER_REQUIRED",
                 "this call acts inside a tenant and needs a signed-in user's token",
+            )),
+        }
+    }
+
+    /// Ok when the caller is one of the Sovra `services`; else
+    /// PERMISSION_DENIED saying who may call and who called.
+    pub fn require_service(&self, services: &[&str], what: &str) -> Result<&str, Error> {
+        match &self.caller {
+            Caller::Service(s) if services.contains(&s.as_str()) => Ok(s),
+            other => Err(Error::permission_denied(
+                "SERVICE_REQUIRED",
+                format!(
+                    "only the {} service may {what}; this call came from {}",
+                    services.join(" or "),
+                    other.principal()
+                ),
             )),
         }
     }
@@ -526,6 +618,20 @@ mod tests {
         );
         clock.advance(std::time::Duration::from_secs(61));
         assert_eq!(a.verify(&t.value).unwrap_err().reason, "TOKEN_EXPIRED");
+    }
+
+    #[test]
+    fn tokens_signed_before_a_key_rotation_verify_until_the_old_key_is_dropped() {
+        let clock: SharedClock = Arc::new(ManualClock::default());
+        let old = Keyring::generate();
+        let old_key = SigningKey::from_bytes(&old.signing_key_bytes());
+        let before = Authority::new(Arc::new(old), "iss", "global", clock.clone());
+        let t = before.issue_operator(60).value;
+        let rotated = Keyring::generate().with_previous(vec![old_key]);
+        let overlap = Authority::new(Arc::new(rotated), "iss", "global", clock.clone());
+        assert_eq!(overlap.verify(&t).unwrap(), Caller::Operator);
+        let after = Authority::new(Arc::new(Keyring::generate()), "iss", "global", clock);
+        assert_eq!(after.verify(&t).unwrap_err().reason, "TOKEN_KEY_UNKNOWN");
     }
 
     #[test]

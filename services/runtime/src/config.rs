@@ -9,7 +9,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
-use crate::features::FeatureFlags;
+use crate::features::{Feature, FeatureFlags, TenantOverride};
 
 /// Compiled-in copies of `config/`, used when no configuration directory exists.
 const EMBEDDED: &[(&str, &str)] = &[
@@ -50,7 +50,44 @@ pub struct Settings {
     pub identity: IdentitySettings,
     pub relationships: RelationshipsSettings,
     pub commerce: CommerceSettings,
+    pub tls: TlsSettings,
+    pub limits: LimitSettings,
     pub features: FeatureFlags,
+    /// `[[feature_overrides]]`: flags turned off for single tenants.
+    #[serde(default)]
+    pub feature_overrides: Vec<TenantOverride>,
+}
+
+/// `[tls]`: mutual TLS on the endpoint and towards peers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub mode: TlsMode,
+    /// The trust bundle (PEM): this instance's CA certificate(s).
+    pub ca_file: PathBuf,
+    /// Holds `<service>.pem` and `<service>.key` for each service served here.
+    pub cert_dir: PathBuf,
+}
+
+/// Whether the endpoint and peer calls use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext: allowed only on loopback.
+    Off,
+    /// TLS 1.3; client certificates verified when presented; services
+    /// identify themselves by certificate.
+    Mutual,
+}
+
+/// `[limits]`: mutating calls per partner, and per partner and customer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub partner_burst: u32,
+    pub partner_per_minute: u32,
+    pub customer_burst: u32,
+    pub customer_per_minute: u32,
 }
 
 /// `[instance]`: who this deployment is.
@@ -71,6 +108,11 @@ pub struct InstanceSettings {
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: String,
+    /// The admin endpoint (`GET /metrics`); empty: none.
+    pub admin_listen: String,
+    /// How often the configuration files are re-read for flag and
+    /// certificate changes, in seconds; 0: only on SIGHUP.
+    pub config_reload_secs: u64,
 }
 
 impl ServerSettings {
@@ -85,6 +127,9 @@ impl ServerSettings {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub signing_key_file: PathBuf,
+    /// Keys signed with before a rotation: still trusted for verification.
+    #[serde(default)]
+    pub previous_signing_key_files: Vec<PathBuf>,
     pub access_token_ttl_secs: u64,
     pub operator_token_ttl_days: u64,
 }
@@ -150,12 +195,13 @@ pub struct ProductSettings {
     pub unit_price_minor: u64,
 }
 
-/// A configuration problem, naming the key (and where it came from when known).
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {key}: {message}")]
+/// A configuration problem, naming the key and, when known, the file (or
+/// environment variable, or command-line flag) that set it.
+#[derive(Debug)]
 pub struct ConfigError {
     pub key: String,
     pub message: String,
+    pub origin: Option<String>,
 }
 
 impl ConfigError {
@@ -163,9 +209,22 @@ impl ConfigError {
         Self {
             key: key.into(),
             message: message.into(),
+            origin: None,
         }
     }
 }
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.key, self.message)?;
+        if let Some(o) = &self.origin {
+            write!(f, " (set in {o})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// What selects and overrides the layers.
 #[derive(Debug, Clone, Default)]
@@ -229,11 +288,19 @@ impl Settings {
         } else {
             vec![&instance_file]
         };
-        let cfg = layers.build(&files, opts, Some(&region))?;
+        let with_origin = |mut e: ConfigError| {
+            if e.origin.is_none() {
+                e.origin = layers.origin_of(&e.key, &files, opts);
+            }
+            e
+        };
+        let cfg = layers
+            .build(&files, opts, Some(&region))
+            .map_err(with_origin)?;
         let settings: Settings = cfg.try_deserialize().map_err(|e| {
             let message = e.to_string();
             let key = key_of(&message).unwrap_or_else(|| "(configuration)".to_owned());
-            ConfigError::new(key, message)
+            with_origin(ConfigError::new(key, message))
         })?;
         if settings.instance.name != instance {
             return Err(ConfigError::new(
@@ -244,7 +311,7 @@ impl Settings {
                 ),
             ));
         }
-        settings.validate()?;
+        settings.validate().map_err(with_origin)?;
         Ok(settings)
     }
 
@@ -316,6 +383,17 @@ impl Settings {
                 format!(
                     "`{}` is not an address such as 127.0.0.1:50051",
                     self.server.listen
+                ),
+            ));
+        }
+        if !self.server.admin_listen.is_empty()
+            && self.server.admin_listen.parse::<SocketAddr>().is_err()
+        {
+            return Err(ConfigError::new(
+                "server.admin_listen",
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:9464 (or empty for none)",
+                    self.server.admin_listen
                 ),
             ));
         }
@@ -396,6 +474,33 @@ impl Settings {
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("limits.partner_burst", self.limits.partner_burst),
+            ("limits.partner_per_minute", self.limits.partner_per_minute),
+            ("limits.customer_burst", self.limits.customer_burst),
+            (
+                "limits.customer_per_minute",
+                self.limits.customer_per_minute,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        for (n, o) in self.feature_overrides.iter().enumerate() {
+            crate::ids::TenantId::parse("tenant_id", &o.tenant_id, &i.name).map_err(|e| {
+                ConfigError::new(format!("feature_overrides[{n}].tenant_id"), e.message)
+            })?;
+            if let Some(bad) = o.off.iter().find(|f| Feature::from_name(f).is_none()) {
+                return Err(ConfigError::new(
+                    format!("feature_overrides[{n}].off"),
+                    format!(
+                        "`{bad}` is not a feature; known: {}",
+                        Feature::ALL.map(Feature::name).join(", ")
+                    ),
+                ));
             }
         }
         self.validate_commerce()
@@ -519,6 +624,38 @@ impl Layers {
         }
     }
 
+    /// Which layer set `key`, last one first: a command-line flag, an
+    /// environment variable, the local file, then the region, instance and
+    /// default files.
+    fn origin_of(&self, key: &str, files: &[&str], opts: &LoadOptions) -> Option<String> {
+        // `commerce.catalog[1].id` is set by whoever set `commerce.catalog`.
+        let base = key.split('[').next().unwrap_or(key);
+        if opts.overrides.iter().any(|(k, _)| k == base) {
+            return Some("a command-line flag".into());
+        }
+        let var = format!("SOVRA__{}", base.to_uppercase().replace('.', "__"));
+        if std::env::var_os(&var).is_some() {
+            return Some(format!("environment variable {var}"));
+        }
+        let sets = |c: Result<Config, config::ConfigError>| {
+            c.is_ok_and(|c| c.get::<config::Value>(base).is_ok())
+        };
+        if let Some(local) = &opts.local_file {
+            let c = Config::builder()
+                .add_source(File::from(local.as_path()).format(FileFormat::Toml))
+                .build();
+            if sets(c) {
+                return Some(local.display().to_string());
+            }
+        }
+        files
+            .iter()
+            .rev()
+            .chain(std::iter::once(&"default.toml"))
+            .find(|rel| sets(Config::builder().add_source(self.source(rel)).build()))
+            .map(|rel| self.origin(rel))
+    }
+
     fn build(
         &self,
         files: &[&str],
@@ -543,6 +680,7 @@ impl Layers {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("instance.data_regions")
+                .with_list_parse_key("auth.previous_signing_key_files")
                 .try_parsing(true),
         );
         for (k, v) in &opts.overrides {
@@ -637,6 +775,75 @@ mod tests {
         o.overrides.push(("server.listen".into(), "nowhere".into()));
         let e = Settings::load(&o).unwrap_err();
         assert_eq!(e.key, "server.listen");
+        assert_eq!(e.origin.as_deref(), Some("a command-line flag"));
+    }
+
+    #[test]
+    fn an_invalid_value_names_the_file_that_set_it() {
+        let dir = std::env::temp_dir().join(format!("sovra-cfg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("instances")).unwrap();
+        std::fs::create_dir_all(dir.join("regions")).unwrap();
+        for f in [
+            "default.toml",
+            "instances/global.toml",
+            "regions/eu-west.toml",
+        ] {
+            std::fs::copy(PathBuf::from("../../config").join(f), dir.join(f)).unwrap();
+        }
+        let instance = dir.join("instances/global.toml");
+        let text = std::fs::read_to_string(&instance)
+            .unwrap()
+            .replace("currency = \"USD\"", "currency = \"dollars\"");
+        std::fs::write(&instance, text).unwrap();
+        let e = Settings::load(&LoadOptions {
+            config_dir: Some(dir.clone()),
+            instance: Some("global".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.key, "instance.currency");
+        assert_eq!(
+            e.origin.as_deref(),
+            Some(instance.display().to_string().as_str())
+        );
+        assert!(e.to_string().contains("instances/global.toml"), "{e}");
+
+        let local = dir.join("local.toml");
+        std::fs::write(&local, "[[feature_overrides]]\ntenant_id = \"china_0123456789abcdef0123456789abcdef\"\noff = [\"trials\"]\n").unwrap();
+        std::fs::write(
+            &instance,
+            std::fs::read_to_string("../../config/instances/global.toml").unwrap(),
+        )
+        .unwrap();
+        let e = Settings::load(&LoadOptions {
+            config_dir: Some(dir.clone()),
+            instance: Some("global".into()),
+            local_file: Some(local.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.key, "feature_overrides[0].tenant_id");
+        assert!(e.message.contains("instance `china`"), "{e}");
+        assert_eq!(
+            e.origin.as_deref(),
+            Some(local.display().to_string().as_str())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_region_file_overrides_its_instance() {
+        let mut o = opts("global");
+        o.region = Some("us-east".into());
+        let us = Settings::load(&o).unwrap();
+        let eu = Settings::load(&opts("global")).unwrap();
+        assert_eq!(eu.instance.region, "eu-west");
+        assert_ne!(us.instance.public_url, eu.instance.public_url);
+        assert!(
+            us.instance.public_url.contains("us"),
+            "{}",
+            us.instance.public_url
+        );
     }
 
     #[test]

@@ -254,6 +254,33 @@ impl Db {
     }
 
     /// The pool for reads.
+    /// Connections open and in use, per pool, for the metrics endpoint.
+    pub fn pool_gauges(&self, service: &'static str) -> Vec<crate::metrics::Gauge> {
+        use crate::metrics::Gauge;
+        let mut pools = vec![("read", &self.read)];
+        if self.backend == Backend::Sqlite {
+            pools.push(("write", &self.write));
+        }
+        let mut out = Vec::new();
+        for (pool, p) in pools {
+            let (size, idle) = (p.size() as f64, p.num_idle() as f64);
+            let l = [("service", service), ("pool", pool)];
+            out.push(Gauge::new(
+                "sovra_db_pool_connections_in_use",
+                "Database connections checked out, by service and pool",
+                &l,
+                size - idle,
+            ));
+            out.push(Gauge::new(
+                "sovra_db_pool_connections_open",
+                "Database connections open, by service and pool",
+                &l,
+                size,
+            ));
+        }
+        out
+    }
+
     pub fn read(&self) -> &AnyPool {
         &self.read
     }

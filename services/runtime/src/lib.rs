@@ -14,8 +14,11 @@ pub mod features;
 pub mod idempotency;
 pub mod ids;
 pub mod links;
+pub mod metrics;
 pub mod paging;
 pub mod peers;
+pub mod ratelimit;
 pub mod server;
+pub mod tls;
 
 pub use error::{Error, ErrorCode, Result};

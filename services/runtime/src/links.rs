@@ -25,7 +25,8 @@ const TAG_BYTES: usize = 16;
 pub struct LinkCodes {
     instance: String,
     public_url: String,
-    key: [u8; 32],
+    /// The current key first (it signs), then keys from before a rotation.
+    keys: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for LinkCodes {
@@ -52,7 +53,7 @@ impl LinkCodes {
         Self {
             instance: instance.to_owned(),
             public_url: public_url.trim_end_matches('/').to_owned(),
-            key: keys.derive_secret("link codes"),
+            keys: keys.derive_secrets("link codes"),
         }
     }
 
@@ -61,7 +62,7 @@ impl LinkCodes {
         let mut random = [0u8; RANDOM_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut random);
         let mut body = random.to_vec();
-        body.extend_from_slice(&self.tag(kind, &random)[..TAG_BYTES]);
+        body.extend_from_slice(&self.tag(&self.keys[0], kind, &random)[..TAG_BYTES]);
         let code = format!("{}.{kind}.{}", self.instance, B64.encode(body));
         IssuedLink {
             id: hex(&random),
@@ -106,9 +107,12 @@ impl LinkCodes {
             return Err(malformed(field));
         }
         let (random, tag) = bytes.split_at(RANDOM_BYTES);
-        let mut mac = self.mac(kind);
-        mac.update(random);
-        mac.verify_truncated_left(tag).map_err(|_| {
+        let authentic = self.keys.iter().any(|key| {
+            let mut mac = self.mac(key, kind);
+            mac.update(random);
+            mac.verify_truncated_left(tag).is_ok()
+        });
+        authentic.then_some(()).ok_or_else(|| {
             Error::new(
                 ErrorCode::InvalidArgument,
                 "LINK_CODE_TAMPERED",
@@ -119,8 +123,8 @@ impl LinkCodes {
         Ok(hex(random))
     }
 
-    fn mac(&self, kind: &str) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+    fn mac(&self, key: &[u8; 32], kind: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(self.instance.as_bytes());
         mac.update(b".");
         mac.update(kind.as_bytes());
@@ -128,8 +132,8 @@ impl LinkCodes {
         mac
     }
 
-    fn tag(&self, kind: &str, random: &[u8]) -> Vec<u8> {
-        let mut mac = self.mac(kind);
+    fn tag(&self, key: &[u8; 32], kind: &str, random: &[u8]) -> Vec<u8> {
+        let mut mac = self.mac(key, kind);
         mac.update(random);
         mac.finalize().into_bytes().to_vec()
     }
@@ -177,6 +181,26 @@ mod tests {
 
     fn codes(instance: &str) -> LinkCodes {
         LinkCodes::new(&Keyring::generate(), instance, "https://p.example/")
+    }
+
+    #[test]
+    fn codes_issued_before_a_key_rotation_still_verify() {
+        let old = Keyring::generate();
+        let before = LinkCodes::new(&old, "global", "https://x.example").issue("trial");
+        let old_key = ed25519_dalek::SigningKey::from_bytes(&old.signing_key_bytes());
+        let rotated = Keyring::generate().with_previous(vec![old_key]);
+        let codes = LinkCodes::new(&rotated, "global", "https://x.example");
+        assert_eq!(
+            codes.verify("code", "trial", &before.code).unwrap(),
+            before.id
+        );
+        let after = codes.issue("trial");
+        assert!(
+            LinkCodes::new(&old, "global", "https://x.example")
+                .verify("code", "trial", &after.code)
+                .is_err(),
+            "new codes are signed with the new key only"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tonic_types::StatusExt;
 
 use crate::{
     auth::{Authority, Ctx, Token},
+    tls::Connector,
     Error,
 };
 
@@ -21,13 +22,21 @@ use crate::{
 const TOKEN_TTL_SECS: u64 = 600;
 const RENEW_BEFORE_MS: i64 = 120_000;
 
-/// A lazily connected channel to another Sovra service at `url`.
-pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+/// A lazily connected channel to another Sovra service at `url`; over
+/// mutual TLS with `tls` (then `https://` and `http://` mean the same).
+pub fn channel(url: &str, tls: Option<Connector>) -> Result<Channel, tonic::transport::Error> {
+    let url = match tls {
+        Some(_) => url.replacen("https://", "http://", 1),
+        None => url.to_owned(),
+    };
+    let endpoint = Endpoint::from_shared(url)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    Ok(match tls {
+        Some(c) => endpoint.connect_with_connector_lazy(c),
+        None => endpoint.connect_lazy(),
+    })
 }
 
 /// This service's credentials towards its peers: a short-lived service

@@ -2,7 +2,7 @@
 //! `grpc.health.v1` and reflection; binds (port 0 works) and reports the real
 //! address; stops gracefully on a shutdown signal.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -11,6 +11,8 @@ use tonic::{
     transport::Server,
 };
 use tonic_health::ServingStatus;
+
+use crate::tls::Tls;
 
 /// The services one endpoint will carry.
 #[derive(Default)]
@@ -39,10 +41,12 @@ impl Endpoint {
         self.addr
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight calls.
+    /// Serves until `shutdown` completes, then drains in-flight calls. With
+    /// `tls`, every connection is TLS (see [`crate::tls`]); else plaintext.
     pub async fn serve(
         self,
         set: ServiceSet,
+        tls: Option<Arc<Tls>>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -71,10 +75,24 @@ impl Endpoint {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await
+        let server = Server::builder()
+            .layer(crate::metrics::RpcMetricsLayer)
+            .add_routes(routes);
+        match tls {
+            Some(tls) => {
+                server
+                    .serve_with_incoming_shutdown(
+                        crate::tls::incoming(self.listener, tls),
+                        shutdown,
+                    )
+                    .await
+            }
+            None => {
+                server
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+                    .await
+            }
+        }
     }
 }
 

@@ -10,8 +10,16 @@ use tonic::{metadata::MetadataValue, transport::Channel, Request};
 #[derive(Args)]
 pub struct AdminArgs {
     /// The Sovra endpoint.
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "SOVRA_ENDPOINT")]
+    /// (https: mutual TLS as `sovra up` serves it; http: plaintext).
+    #[arg(
+        long,
+        default_value = "https://127.0.0.1:50051",
+        env = "SOVRA_ENDPOINT"
+    )]
     endpoint: String,
+    /// The CA bundle that verifies an https endpoint.
+    #[arg(long, default_value = "data/tls/ca.pem", env = "SOVRA_CA_FILE")]
+    ca_file: std::path::PathBuf,
     /// The operator token (else read from --token-file).
     #[arg(long, env = "SOVRA_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -136,11 +144,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             .trim()
             .to_owned(),
     };
-    let channel = Channel::from_shared(args.endpoint.clone())
-        .context("--endpoint is not a URL such as http://127.0.0.1:50051")?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach Sovra at {}", args.endpoint))?;
+    let channel = if args.endpoint.starts_with("https://") {
+        let cfg = sovra_runtime::tls::client_config("", &args.ca_file, None)
+            .with_context(|| format!("--ca-file {}", args.ca_file.display()))?;
+        sovra_runtime::peers::channel(
+            &args.endpoint,
+            Some(sovra_runtime::tls::Connector::fixed(cfg)),
+        )
+        .context("--endpoint is not a URL such as https://127.0.0.1:50051")?
+    } else {
+        Channel::from_shared(args.endpoint.clone())
+            .context("--endpoint is not a URL such as http://127.0.0.1:50051")?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach Sovra at {}", args.endpoint))?
+    };
     let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel);
     match args.command {
         AdminCommand::CreatePartner {

@@ -11,8 +11,10 @@ use sovra_relationships::Relationships;
 use sovra_runtime::{
     auth::{write_secret, Authenticator, Authority, Keyring},
     clock::SharedClock,
-    config::Settings,
+    config::{Settings, TlsMode},
+    features::{FlagChange, Reloadable},
     server::{is_loopback, Endpoint, ServiceSet},
+    tls::{Connector, Tls, TlsFiles},
 };
 
 /// Which services one process serves.
@@ -24,6 +26,18 @@ pub struct Services {
 }
 
 impl Services {
+    /// The names of the services chosen, in a fixed order.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            ("identity", self.identity),
+            ("relationships", self.relationships),
+            ("commerce", self.commerce),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect()
+    }
+
     /// Everything, as `sovra up` runs it.
     pub const ALL: Services = Services {
         identity: true,
@@ -66,6 +80,9 @@ pub struct App {
     identity: Option<Identity>,
     relationships: Option<Relationships>,
     commerce: Option<Commerce>,
+    tls: Option<Arc<Tls>>,
+    /// The admin endpoint (`GET /metrics`), bound when configured.
+    admin: Option<tokio::net::TcpListener>,
     settings: Settings,
 }
 
@@ -87,19 +104,43 @@ impl App {
         services: Services,
     ) -> anyhow::Result<App> {
         let listen = settings.server.listen_addr();
-        refuse_plaintext_off_loopback(&listen)?;
+        let tls = match settings.tls.mode {
+            TlsMode::Off => {
+                refuse_plaintext_off_loopback(&listen)?;
+                None
+            }
+            TlsMode::Mutual => Some(
+                Tls::load(
+                    &settings.instance.name,
+                    TlsFiles {
+                        ca_file: settings.tls.ca_file.clone(),
+                        cert_dir: settings.tls.cert_dir.clone(),
+                    },
+                    &services.names(),
+                )
+                .context("invalid configuration: tls")?,
+            ),
+        };
         let authority = Authority::new(
             keyring,
             settings.instance.token_issuer.clone(),
             settings.instance.name.clone(),
             clock.clone(),
         );
-        let auth = Authenticator::new(authority.clone());
+        let auth = Authenticator::new(authority.clone(), tls.is_some());
         let mut set = ServiceSet::default();
         // Bound first, so services in this process can call each other on it.
         let endpoint = Endpoint::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let admin = match settings.server.admin_listen.as_str() {
+            "" => None,
+            a => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} (server.admin_listen)"))?,
+            ),
+        };
         let identity = if services.identity {
             let db = sovra_identity::open_database(settings).await?;
             let identity = sovra_identity::build(settings, db, authority.clone(), clock.clone())?;
@@ -108,7 +149,15 @@ impl App {
         } else {
             None
         };
-        let own = format!("http://{}", endpoint.addr());
+        // Listening on every address: call ourselves on loopback.
+        let mut own_addr = endpoint.addr();
+        if own_addr.ip().is_unspecified() {
+            own_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let own = match &tls {
+            Some(_) => format!("https://{own_addr}"),
+            None => format!("http://{own_addr}"),
+        };
         // A peer is this process's own endpoint when it serves it, else its configured URL.
         let peer = |key: &str, url: &str, here: bool| -> anyhow::Result<String> {
             match (url, here) {
@@ -119,8 +168,10 @@ impl App {
                 (url, _) => Ok(url.to_owned()),
             }
         };
-        let channel = |key: &str, url: &str| {
-            sovra_runtime::peers::channel(url)
+        // Each service calls its peers with its own certificate.
+        let channel = |key: &str, url: &str, me: &str| {
+            let connector = tls.as_ref().map(|t| Connector::new(t.clone(), me));
+            sovra_runtime::peers::channel(url, connector)
                 .with_context(|| format!("invalid configuration: {key}: `{url}`"))
         };
         let relationships = if services.relationships {
@@ -140,8 +191,8 @@ impl App {
                 db,
                 authority.clone(),
                 clock.clone(),
-                channel("relationships.identity_url", &identity_url)?,
-                channel("relationships.grant_push_url", &push_url)?,
+                channel("relationships.identity_url", &identity_url, "relationships")?,
+                channel("relationships.grant_push_url", &push_url, "relationships")?,
             );
             relationships.register(&mut set, &auth);
             Some(relationships)
@@ -162,8 +213,8 @@ impl App {
                 db,
                 authority.clone(),
                 clock,
-                channel("commerce.identity_url", &identity_url)?,
-                channel("commerce.relationships_url", &rel_url)?,
+                channel("commerce.identity_url", &identity_url, "commerce")?,
+                channel("commerce.relationships_url", &rel_url, "commerce")?,
             );
             commerce.register(&mut set, &auth);
             Some(commerce)
@@ -177,8 +228,35 @@ impl App {
             identity,
             relationships,
             commerce,
+            tls,
+            admin,
             settings: settings.clone(),
         })
+    }
+
+    /// Where `GET /metrics` answers, when an admin endpoint is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// What a configuration reload changes in this process (flags and TLS
+    /// material); usable after the app has started serving.
+    pub fn reloader(&self) -> Reloader {
+        let mut services = Vec::new();
+        if let Some(s) = &self.identity {
+            services.push(s.reloadable());
+        }
+        if let Some(s) = &self.relationships {
+            services.push(s.reloadable());
+        }
+        if let Some(s) = &self.commerce {
+            services.push(s.reloadable());
+        }
+        Reloader {
+            services,
+            tls: self.tls.clone(),
+            authority: self.authority.clone(),
+        }
     }
 
     /// The address actually bound (port 0 resolved).
@@ -210,6 +288,19 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let mut background = Vec::new();
+        if let Some(admin) = self.admin {
+            let mut collectors = Vec::new();
+            if let Some(s) = &self.identity {
+                collectors.extend(s.collectors());
+            }
+            if let Some(s) = &self.relationships {
+                collectors.extend(s.collectors());
+            }
+            if let Some(s) = &self.commerce {
+                collectors.extend(s.collectors());
+            }
+            background.push(sovra_runtime::metrics::serve_admin(admin, collectors));
+        }
         if let Some(identity) = &self.identity {
             background.push(identity.spawn_housekeeping());
         }
@@ -219,11 +310,54 @@ impl App {
         if let Some(commerce) = &self.commerce {
             background.extend(commerce.spawn_background(&self.settings));
         }
-        let result = self.endpoint.serve(self.set, shutdown).await;
+        let result = self.endpoint.serve(self.set, self.tls, shutdown).await;
         for task in background {
             task.abort();
         }
         result.context("the gRPC server failed")
+    }
+}
+
+/// Applies a reloaded configuration to a running app: feature flags (each
+/// change logged and audited by every service here) and TLS material.
+/// Everything else in the configuration takes effect at the next start.
+#[derive(Clone)]
+pub struct Reloader {
+    services: Vec<Reloadable>,
+    tls: Option<Arc<Tls>>,
+    authority: Authority,
+}
+
+impl Reloader {
+    /// Swaps in `settings`' flags and re-reads certificates; returns the
+    /// flag changes. A TLS or audit failure keeps serving and is reported.
+    pub async fn apply(&self, settings: &Settings) -> anyhow::Result<Vec<FlagChange>> {
+        if let Some(tls) = &self.tls {
+            tls.reload()
+                .context("TLS material not reloaded; the previous certificates stay in use")?;
+        }
+        let mut changes = Vec::new();
+        for s in &self.services {
+            let changed = s
+                .features
+                .update(settings.features, &settings.feature_overrides);
+            if changed.is_empty() {
+                continue;
+            }
+            sovra_runtime::audit::record_flag_changes(&s.db, self.authority.now_ms(), &changed)
+                .await
+                .with_context(|| format!("{}: recording feature-flag changes", s.service))?;
+            changes = changed;
+        }
+        for c in &changes {
+            tracing::info!(
+                feature = c.feature.name(),
+                tenant = c.tenant.as_deref().unwrap_or(""),
+                enabled = c.enabled,
+                "feature flag changed: {c}"
+            );
+        }
+        Ok(changes)
     }
 }
 
@@ -233,9 +367,9 @@ pub fn refuse_plaintext_off_loopback(listen: &SocketAddr) -> anyhow::Result<()> 
         Ok(())
     } else {
         anyhow::bail!(
-            "refusing to listen on {listen}: plaintext gRPC is allowed only on loopback (127.0.0.1 or ::1), \
-             and this build serves no TLS of its own yet. Listen on loopback behind a TLS-terminating proxy, \
-             for example --listen 127.0.0.1:50051"
+            "refusing to listen on {listen}: plaintext gRPC is allowed only on loopback (127.0.0.1 or ::1). \
+             Set tls.mode = \"mutual\" (SOVRA__TLS__MODE=mutual) with tls.ca_file and tls.cert_dir, \
+             or listen on loopback, for example --listen 127.0.0.1:50051"
         )
     }
 }

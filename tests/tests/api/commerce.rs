@@ -9,42 +9,6 @@ use tonic::{Code, Request};
 
 use crate::{backend_test, helpers::*};
 
-pub const ADVISOR: &[PartnerAuthorization] = &[
-    PartnerAuthorization::SubscriptionAdvisor,
-    PartnerAuthorization::DelegatedAdmin,
-];
-
-/// A sign-up through a link: the customer's name, domain and first admin.
-pub fn new_customer(name: &str) -> (com::CustomerChoice, String) {
-    let domain = format!(
-        "{}-{}.example",
-        name.to_lowercase(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let upn = format!("admin@{domain}");
-    let choice = com::CustomerChoice {
-        customer: Some(com::customer_choice::Customer::NewCustomer(
-            com::NewCustomer {
-                display_name: name.into(),
-                primary_domain: domain,
-                admin_user_principal_name: upn.clone(),
-                admin_display_name: format!("{name} Admin"),
-                admin_password: PASSWORD.into(),
-                ..Default::default()
-            },
-        )),
-    };
-    (choice, upn)
-}
-
-pub fn existing(customer: &str) -> Option<com::CustomerChoice> {
-    Some(com::CustomerChoice {
-        customer: Some(com::customer_choice::Customer::CustomerTenantId(
-            customer.into(),
-        )),
-    })
-}
-
 async fn feed(app: &TestApp, token: &str, partner: &Tenant) -> Vec<com::Notification> {
     app.notifications()
         .list_notifications(req(

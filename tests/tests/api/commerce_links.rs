@@ -8,11 +8,7 @@ use std::{sync::Arc, time::Duration};
 use tokio_stream::StreamExt;
 use tonic::{Code, Request};
 
-use crate::{
-    backend_test,
-    commerce::{existing, new_customer, ADVISOR},
-    helpers::*,
-};
+use crate::{backend_test, helpers::*};
 
 /// Rows commerce, relationships and identity hold, to prove a refusal wrote nothing.
 async fn footprint(app: &TestApp) -> (i64, i64, i64, i64) {

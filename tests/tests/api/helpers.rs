@@ -1,14 +1,18 @@
 //! The sandbox every test starts: a real app on port 0 over an isolated
 //! database, a manual clock, an operator token, and typed clients.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
-use sovra::{App, Services};
+use sovra::{App, Reloader, Services};
 use sovra_proto::identity::v1 as pb;
 use sovra_runtime::{
     auth::{Authority, Keyring},
     clock::ManualClock,
-    config::{LoadOptions, Settings},
+    config::{LoadOptions, Settings, TlsMode},
+    tls::{self, pki, Connector},
 };
 use sqlx::Connection;
 use tokio::sync::oneshot;
@@ -84,12 +88,17 @@ pub fn settings(instance: &str, db: &TestDb) -> Settings {
 pub fn settings_with(instance: &str, db: &TestDb, more: Vec<(String, String)>) -> Settings {
     let mut overrides: Vec<(String, String)> = vec![
         ("server.listen".into(), "127.0.0.1:0".into()),
+        ("server.admin_listen".into(), "127.0.0.1:0".into()),
         ("identity.database_url".into(), db.url.clone()),
         ("relationships.database_url".into(), db.rel_url.clone()),
         ("commerce.database_url".into(), db.com_url.clone()),
         // Quick outbox retries keep the outbox tests short.
         ("relationships.outbox_poll_interval_ms".into(), "50".into()),
         ("relationships.outbox_max_backoff_ms".into(), "200".into()),
+        // Load tests make thousands of calls in seconds; the limits' own
+        // test sets small ones.
+        ("limits.partner_burst".into(), "1000000".into()),
+        ("limits.customer_burst".into(), "1000000".into()),
     ];
     overrides.extend(more);
     Settings::load(&LoadOptions {
@@ -106,6 +115,54 @@ pub fn settings_with(instance: &str, db: &TestDb, more: Vec<(String, String)>) -
         ..Default::default()
     })
     .expect("test settings load")
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("sovra-{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Overrides for mutual TLS with a CA and service certificates of
+/// `instance` made in `dir` (as `sovra up` makes them).
+pub fn tls_overrides(dir: &Path, instance: &str) -> Vec<(String, String)> {
+    pki::ensure(dir, instance, &pki::loopback_names()).unwrap();
+    vec![
+        ("tls.mode".into(), "mutual".into()),
+        (
+            "tls.ca_file".into(),
+            dir.join("ca.pem").display().to_string(),
+        ),
+        ("tls.cert_dir".into(), dir.display().to_string()),
+    ]
+}
+
+/// A channel to `addr` over TLS, trusting `ca_file` for `instance` and
+/// presenting `identity` (certificate, key) when given.
+pub fn tls_channel(
+    addr: std::net::SocketAddr,
+    instance: &str,
+    ca_file: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Channel {
+    let cfg = tls::client_config(instance, ca_file, identity).unwrap();
+    sovra_runtime::peers::channel(&format!("https://{addr}"), Some(Connector::fixed(cfg))).unwrap()
 }
 
 /// Isolated databases (identity's, relationships' and commerce's): fresh
@@ -206,6 +263,11 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     /// The commerce service itself, to run its background jobs on demand.
     pub commerce: Option<sovra_commerce::Commerce>,
+    /// Where `GET /metrics` answers.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Applies a changed configuration, as SIGHUP does.
+    pub reloader: Reloader,
+    pub settings: Settings,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: Option<TestDb>,
@@ -262,15 +324,24 @@ impl TestApp {
         let addr = app.addr();
         let authority = app.authority().clone();
         let commerce = app.commerce().cloned();
+        let reloader = app.reloader();
+        let admin = app.admin_addr();
         let operator = authority.issue_operator(24 * 3600).value;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await?;
+        let channel = match settings.tls.mode {
+            TlsMode::Mutual => {
+                tls_channel(addr, &settings.instance.name, &settings.tls.ca_file, None)
+            }
+            TlsMode::Off => {
+                Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect()
+                    .await?
+            }
+        };
         Ok(TestApp {
             channel,
             clock,
@@ -281,6 +352,9 @@ impl TestApp {
             com_db_url: settings.commerce.database_url.clone(),
             addr,
             commerce,
+            reloader,
+            admin,
+            settings: settings.clone(),
             stop: Some(stop),
             server: Some(server),
             _db: None,
@@ -295,6 +369,30 @@ impl TestApp {
         if let Some(h) = self.server.take() {
             h.await.unwrap().unwrap();
         }
+    }
+
+    /// Keeps `db` alive as long as the app.
+    pub fn keep(&mut self, db: TestDb) {
+        self._db = Some(db);
+    }
+
+    /// The databases kept with [`TestApp::keep`] or made by `spawn`.
+    pub fn databases(&self) -> &TestDb {
+        self._db.as_ref().expect("the app keeps its databases")
+    }
+
+    /// A channel presenting `service`'s certificate (mutual TLS apps only).
+    pub fn channel_as(&self, service: &str) -> Channel {
+        let dir = &self.settings.tls.cert_dir;
+        tls_channel(
+            self.addr,
+            &self.settings.instance.name,
+            &self.settings.tls.ca_file,
+            Some((
+                &dir.join(format!("{service}.pem")),
+                &dir.join(format!("{service}.key")),
+            )),
+        )
     }
 
     pub fn service_token(&self) -> String {
@@ -851,3 +949,40 @@ pub fn expect_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str
 pub use pb::*;
 pub use sovra_proto::commerce::v1 as com;
 pub use sovra_proto::relationships::v1 as rel;
+
+/// A subscription advisor with delegated administration.
+pub const ADVISOR: &[PartnerAuthorization] = &[
+    PartnerAuthorization::SubscriptionAdvisor,
+    PartnerAuthorization::DelegatedAdmin,
+];
+
+/// A sign-up through a link: the customer's name, domain and first admin.
+pub fn new_customer(name: &str) -> (com::CustomerChoice, String) {
+    let domain = format!(
+        "{}-{}.example",
+        name.to_lowercase(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let upn = format!("admin@{domain}");
+    let choice = com::CustomerChoice {
+        customer: Some(com::customer_choice::Customer::NewCustomer(
+            com::NewCustomer {
+                display_name: name.into(),
+                primary_domain: domain,
+                admin_user_principal_name: upn.clone(),
+                admin_display_name: format!("{name} Admin"),
+                admin_password: PASSWORD.into(),
+                ..Default::default()
+            },
+        )),
+    };
+    (choice, upn)
+}
+
+pub fn existing(customer: &str) -> Option<com::CustomerChoice> {
+    Some(com::CustomerChoice {
+        customer: Some(com::customer_choice::Customer::CustomerTenantId(
+            customer.into(),
+        )),
+    })
+}

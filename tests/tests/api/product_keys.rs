@@ -6,7 +6,7 @@ use std::{collections::HashSet, sync::Arc};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::{backend_test, commerce::ADVISOR, helpers::*};
+use crate::{backend_test, helpers::*};
 
 fn redeem(
     partner: &Tenant,

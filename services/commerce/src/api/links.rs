@@ -8,6 +8,7 @@ use sovra_runtime::{
     features::Feature,
     idempotency::{replay, Idempotency},
     links::check_live,
+    metrics::business,
     paging, Error,
 };
 use tonic::{Request, Response};
@@ -39,7 +40,7 @@ impl Commerce {
     /// this kind) before anything is read, then loads its record and refuses
     /// it when revoked or expired.
     pub(crate) async fn live_link(&self, kind: LinkKind, code: &str) -> Result<LinkRecord, Error> {
-        self.require_feature(kind.feature())?;
+        self.require_feature(kind.feature(), None)?;
         let id = self.inner.links.verify("code", kind.as_str(), code)?;
         let record = links::get(self.db().read(), &id)
             .await?
@@ -57,6 +58,8 @@ impl Commerce {
             record.revoked_at,
             self.now(),
         )?;
+        // A tenant override may have turned the kind off for its partner.
+        self.require_feature(kind.feature(), Some(&record.partner_tenant_id))?;
         Ok(record)
     }
 
@@ -86,6 +89,7 @@ impl Commerce {
             &Self::programs(n.include_delegated_admin),
         )
         .await?;
+        self.inner.limits.check(&partner, None)?;
         let issued = self.inner.links.issue(n.kind.as_str());
         let now = self.now();
         let link = LinkRecord {
@@ -118,6 +122,7 @@ impl Commerce {
         };
         self.commit(tx, ctx, Some(change), n.request_id, &idem, &resp)
             .await?;
+        business::link_created(n.kind.as_str());
         Ok(resp)
     }
 
@@ -274,7 +279,7 @@ impl pb::trial_invitation_service_server::TrialInvitationService for Commerce {
     ) -> Rpc<pb::CreateTrialInvitationResponse> {
         let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
-        self.require_feature(Feature::Trials)?;
+        self.require_feature(Feature::Trials, Some(&r.partner_tenant_id))?;
         let lines = vec![trial_line(self, &r.product_id)?];
         let idem = Idempotency::new(&ctx.caller, "CreateTrialInvitation", &r.request_id, &r)?;
         let resp = self
@@ -377,7 +382,7 @@ impl pb::purchase_offer_service_server::PurchaseOfferService for Commerce {
     ) -> Rpc<pb::CreatePurchaseOfferResponse> {
         let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
-        self.require_feature(Feature::PurchaseOffers)?;
+        self.require_feature(Feature::PurchaseOffers, Some(&r.partner_tenant_id))?;
         let lines = offer_lines(self, &r.lines)?;
         let idem = Idempotency::new(&ctx.caller, "CreatePurchaseOffer", &r.request_id, &r)?;
         let resp = self

@@ -55,6 +55,7 @@ impl pb::notification_service_server::NotificationService for Commerce {
         let next = paging::cut(&mut rows, size, "notifications", |n| {
             vec![n.sequence.to_string()]
         });
+        sovra_runtime::metrics::business::notifications_delivered("list", rows.len());
         Ok(Response::new(pb::ListNotificationsResponse {
             notifications: rows,
             next_page_token: next,
@@ -96,6 +97,7 @@ impl pb::notification_service_server::NotificationService for Commerce {
                     if tx.send(Ok(item)).await.is_err() {
                         return; // The client went away.
                     }
+                    sovra_runtime::metrics::business::notifications_delivered("watch", 1);
                 }
                 if full {
                     continue;

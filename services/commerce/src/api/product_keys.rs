@@ -60,7 +60,7 @@ impl pb::product_key_service_server::ProductKeyService for Commerce {
     ) -> Rpc<pb::ImportProductKeysResponse> {
         let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
-        self.require_feature(Feature::ProductKeys)?;
+        self.require_feature(Feature::ProductKeys, None)?;
         if !ctx.caller.is_operator() {
             return Err(Error::permission_denied(
                 "OPERATOR_REQUIRED",
@@ -151,9 +151,24 @@ impl pb::product_key_service_server::ProductKeyService for Commerce {
         &self,
         req: Request<pb::RedeemProductKeyRequest>,
     ) -> Rpc<pb::RedeemProductKeyResponse> {
+        let result = self.redeem_key(req).await;
+        let outcome = match &result {
+            Ok(_) => "redeemed",
+            Err(e) => &e.reason,
+        };
+        sovra_runtime::metrics::business::product_key(outcome);
+        Ok(result?)
+    }
+}
+
+impl Commerce {
+    async fn redeem_key(
+        &self,
+        req: Request<pb::RedeemProductKeyRequest>,
+    ) -> Result<Response<pb::RedeemProductKeyResponse>, Error> {
         let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
-        self.require_feature(Feature::ProductKeys)?;
+        self.require_feature(Feature::ProductKeys, Some(&r.partner_tenant_id))?;
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         // Format and check character before anything looks the key up.
@@ -168,6 +183,7 @@ impl pb::product_key_service_server::ProductKeyService for Commerce {
             &Self::programs(r.offer_delegated_admin),
         )
         .await?;
+        self.inner.limits.check(&partner, Some(&customer))?;
         self.inner
             .key_attempts
             .take(partner.as_str(), crate::wall_now())
@@ -206,7 +222,7 @@ impl pb::product_key_service_server::ProductKeyService for Commerce {
                     .await?
                     .ok_or_else(|| Error::internal("a claimed key's subscription is missing"))?
             }
-            (Some(_), _) => return Err(already_redeemed().into()),
+            (Some(_), _) => return Err(already_redeemed()),
             (None, _) => {
                 let product = self
                     .catalog()
@@ -239,7 +255,7 @@ impl pb::product_key_service_server::ProductKeyService for Commerce {
                     .await?
                 {
                     // Another redemption claimed it first; ours rolls back.
-                    return Err(already_redeemed().into());
+                    return Err(already_redeemed());
                 }
                 tx.commit().await.map_err(Error::from)?;
                 self.notify_watchers();

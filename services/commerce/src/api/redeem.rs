@@ -169,6 +169,16 @@ impl Commerce {
             }
         }
 
+        // A leaked link can't be used to flood its partner with sign-ups.
+        let link_partner = self.tenant_id("code", &link.partner_tenant_id)?;
+        let named = match &choice {
+            pb::customer_choice::Customer::CustomerTenantId(id) => {
+                Some(self.tenant_id("customer.customer_tenant_id", id)?)
+            }
+            pb::customer_choice::Customer::NewCustomer(_) => None,
+        };
+        self.inner.limits.check(&link_partner, named.as_ref())?;
+
         // 2. The customer: an admin of an existing one, or a new one signing up.
         let customer = match choice {
             pb::customer_choice::Customer::CustomerTenantId(id) => {
@@ -326,6 +336,7 @@ impl Commerce {
         };
         self.commit(tx, &ctx, Some(audit), r.request_id, &idem, &resp)
             .await?;
+        sovra_runtime::metrics::business::link_redeemed(link.kind.as_str());
         self.notify_watchers();
         Ok(resp)
     }

@@ -176,9 +176,7 @@ impl Commerce {
             .require(ctx, customer, idpb::Permission::SubscriptionsManage)
             .await?;
         if access.own_role() {
-            self.cfg()
-                .features
-                .require(Feature::CustomerSelfService, &self.cfg().instance)
+            self.require_feature(Feature::CustomerSelfService, Some(customer.as_str()))
                 .map_err(|mut e| {
                     e.message.push_str(
                         ": here only a partner with FULL delegated access changes subscriptions",
@@ -190,6 +188,8 @@ impl Commerce {
         let u = ctx.user()?;
         self.partner(ctx, "customer_tenant_id", &u.tenant_id, &[])
             .await?;
+        let partner = self.tenant_id("customer_tenant_id", &u.tenant_id)?;
+        self.inner.limits.check(&partner, Some(customer))?;
         Ok(Acting { delegated: true })
     }
 
@@ -329,7 +329,7 @@ impl pb::subscription_service_server::SubscriptionService for Commerce {
     ) -> Rpc<pb::PurchaseSubscriptionResponse> {
         let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
-        self.require_feature(Feature::CustomerSelfService)?;
+        self.require_feature(Feature::CustomerSelfService, Some(&r.customer_tenant_id))?;
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         let product = self.catalog().product("product_id", &r.product_id)?;
         let licenses = product.licenses("license_count", r.license_count)?;

@@ -28,6 +28,9 @@ impl pb::access_service_server::AccessService for Identity {
         let r = req.into_inner();
         let permission = permission_from_pb("permission", r.permission)?;
         let tid = self.tenant_id("tenant_id", &r.tenant_id)?;
+        if ctx.caller.is_service() {
+            ctx.require_service(&["relationships", "commerce"], "check users' access")?;
+        }
         let user_id = match (&ctx.caller, r.user_id.is_empty()) {
             (Caller::User(me), true) => me.user_id.clone(),
             (Caller::User(me), false) if me.user_id == r.user_id => me.user_id.clone(),
@@ -59,13 +62,7 @@ impl pb::access_service_server::AccessService for Identity {
         req: Request<pb::ApplyDelegatedGrantRequest>,
     ) -> Rpc<pb::ApplyDelegatedGrantResponse> {
         let ctx = self.ctx(&req)?;
-        if !ctx.caller.is_service() {
-            return Err(Error::permission_denied(
-                "SERVICE_REQUIRED",
-                "only Sovra services may push delegated grants",
-            )
-            .into());
-        }
+        ctx.require_service(&["relationships"], "push delegated grants")?;
         let r = req.into_inner();
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;

@@ -3,7 +3,7 @@
 use sovra_proto::{common::v1 as common, identity::v1 as pb};
 use sovra_runtime::{
     audit,
-    features::FeatureFlags,
+    features::Feature,
     idempotency::{replay, Idempotency},
     Error,
 };
@@ -31,12 +31,15 @@ impl pb::tenant_service_server::TenantService for Identity {
         req: Request<pb::CreateTenantRequest>,
     ) -> Rpc<pb::CreateTenantResponse> {
         let ctx = self.ctx(&req)?;
-        if !(ctx.caller.is_operator() || ctx.caller.is_service()) {
-            return Err(Error::permission_denied(
-                "OPERATOR_REQUIRED",
-                "only the instance operator may create tenants",
-            )
-            .into());
+        if !ctx.caller.is_operator() {
+            // Commerce creates the customers who sign up through its links.
+            ctx.require_service(&["commerce"], "create tenants (or the instance operator)")
+                .map_err(|_| {
+                    Error::permission_denied(
+                        "OPERATOR_REQUIRED",
+                        "only the instance operator may create tenants",
+                    )
+                })?;
         }
         let r = req.into_inner();
         let idem = Idempotency::new(&ctx.caller, "CreateTenant", &r.request_id, &r)?;
@@ -171,18 +174,26 @@ impl pb::tenant_service_server::TenantService for Identity {
     ) -> Rpc<pb::GetFeaturesResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        if !r.tenant_id.is_empty() {
-            let id = self.tenant_id("tenant_id", &r.tenant_id)?;
-            if ctx.caller.is_operator() || ctx.caller.is_service() {
-                self.tenant(&id).await?;
-            } else {
-                self.authorize(&ctx, &id, Permission::TenantRead).await?;
+        let tenant = match r.tenant_id.as_str() {
+            "" => None,
+            t => {
+                let id = self.tenant_id("tenant_id", t)?;
+                if ctx.caller.is_operator() || ctx.caller.is_service() {
+                    self.tenant(&id).await?;
+                } else {
+                    self.authorize(&ctx, &id, Permission::TenantRead).await?;
+                }
+                Some(id)
             }
-        }
+        };
+        let flags = self
+            .cfg()
+            .features
+            .effective(tenant.as_ref().map(|t| t.as_str()));
         Ok(Response::new(pb::GetFeaturesResponse {
             instance: self.cfg().instance.clone(),
             region: self.cfg().region.clone(),
-            features: features_to_pb(&self.cfg().features),
+            features: features_to_pb(&flags),
         }))
     }
 
@@ -192,14 +203,20 @@ impl pb::tenant_service_server::TenantService for Identity {
     ) -> Rpc<pb::ListAuditEventsResponse> {
         let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        let id = self.tenant_id("tenant_id", &r.tenant_id)?;
-        if ctx.caller.is_operator() {
-            self.tenant(&id).await?;
+        // The operator reads instance-wide events (feature-flag changes) with no tenant.
+        let scope = if r.tenant_id.is_empty() && ctx.caller.is_operator() {
+            String::new()
         } else {
-            self.authorize(&ctx, &id, Permission::AuditRead).await?;
-        }
+            let id = self.tenant_id("tenant_id", &r.tenant_id)?;
+            if ctx.caller.is_operator() {
+                self.tenant(&id).await?;
+            } else {
+                self.authorize(&ctx, &id, Permission::AuditRead).await?;
+            }
+            id.as_str().to_owned()
+        };
         let (events, next_page_token) =
-            audit::list(self.db(), id.as_str(), r.page_size, &r.page_token).await?;
+            audit::list(self.db(), &scope, r.page_size, &r.page_token).await?;
         Ok(Response::new(pb::ListAuditEventsResponse {
             events,
             next_page_token,
@@ -207,10 +224,10 @@ impl pb::tenant_service_server::TenantService for Identity {
     }
 }
 
-fn features_to_pb(flags: &FeatureFlags) -> Vec<common::FeatureFlag> {
+fn features_to_pb(flags: &[(Feature, bool)]) -> Vec<common::FeatureFlag> {
     flags
-        .list()
-        .map(|(f, enabled)| common::FeatureFlag {
+        .iter()
+        .map(|&(f, enabled)| common::FeatureFlag {
             name: f.name().to_owned(),
             enabled,
         })

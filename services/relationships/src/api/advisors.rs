@@ -31,13 +31,10 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
         req: Request<pb::RecordAdvisorRelationshipRequest>,
     ) -> Rpc<pb::RecordAdvisorRelationshipResponse> {
         let ctx = Ctx::of(&req)?;
-        if !ctx.caller.is_service() {
-            return Err(Error::permission_denied(
-                "SERVICE_REQUIRED",
-                "only Sovra services record advisor relationships; partners win customers through links",
-            )
-            .into());
-        }
+        ctx.require_service(
+            &["commerce"],
+            "record advisor relationships; partners win customers through links",
+        )?;
         let r = req.into_inner();
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
@@ -134,6 +131,10 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
         };
         self.commit(tx, &ctx, Some(audit), &r.request_id, &idem, &resp)
             .await?;
+        if !grants.is_empty() {
+            // Accepted with a trial invitation or purchase offer.
+            sovra_runtime::metrics::business::delegated_admin("accepted");
+        }
         self.outbox().deliver_now(&grants).await;
         Ok(Response::new(resp))
     }

@@ -23,7 +23,7 @@ const MAX_QUERY_CHARS: usize = 100;
 impl Relationships {
     /// The checks in front of a partner's customer list.
     async fn customer_list_access(&self, ctx: &Ctx, partner: &TenantId) -> Result<(), Error> {
-        self.require_feature(Feature::CustomerManagement)?;
+        self.require_feature(Feature::CustomerManagement, Some(partner.as_str()))?;
         if !ctx.caller.is_operator() {
             self.require(ctx, partner, idpb::Permission::CustomersRead)
                 .await?;

@@ -188,7 +188,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
     ) -> Rpc<pb::CreateDelegatedAdminOfferResponse> {
         let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
-        self.require_feature(Feature::DelegatedAdmin)?;
+        self.require_feature(Feature::DelegatedAdmin, Some(&r.partner_tenant_id))?;
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
         let customer = match r.customer_tenant_id.as_str() {
             "" => None,
@@ -206,6 +206,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         if let Some(c) = &customer {
             self.customer(&ctx, "customer_tenant_id", c).await?;
         }
+        self.inner.limits.check(&partner, customer.as_ref())?;
         let (link, code) =
             self.new_link(&ctx, LinkKind::DelegatedAdmin, &partner, customer.as_ref());
         let mut tx = self.db().begin().await?;
@@ -232,6 +233,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         };
         self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
             .await?;
+        sovra_runtime::metrics::business::link_created(LinkKind::DelegatedAdmin.as_str());
         Ok(Response::new(resp))
     }
 
@@ -240,7 +242,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         req: Request<pb::PreviewDelegatedAdminOfferRequest>,
     ) -> Rpc<pb::PreviewDelegatedAdminOfferResponse> {
         // No sign-in: anyone holding the link may see what it offers.
-        self.require_feature(Feature::DelegatedAdmin)?;
+        self.require_feature(Feature::DelegatedAdmin, None)?;
         let (partner, link) = self
             .preview(
                 &trace_id(&req),
@@ -260,7 +262,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
     ) -> Rpc<pb::AcceptDelegatedAdminOfferResponse> {
         let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
-        self.require_feature(Feature::DelegatedAdmin)?;
+        self.require_feature(Feature::DelegatedAdmin, None)?;
         let link = self.live_link(LinkKind::DelegatedAdmin, &r.code).await?;
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         let idem = Idempotency::new(&ctx.caller, "AcceptDelegatedAdminOffer", &r.request_id, &r)?;
@@ -337,6 +339,8 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         };
         self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
             .await?;
+        sovra_runtime::metrics::business::link_redeemed(LinkKind::DelegatedAdmin.as_str());
+        sovra_runtime::metrics::business::delegated_admin("accepted");
         self.outbox().deliver_now(&changes).await;
         Ok(Response::new(resp))
     }
@@ -410,6 +414,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         };
         self.commit(tx, &ctx, Some(audit), &r.request_id, &idem, &resp)
             .await?;
+        sovra_runtime::metrics::business::delegated_admin("removed");
         self.outbox().deliver_now(&[change]).await;
         Ok(Response::new(resp))
     }

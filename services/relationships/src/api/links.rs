@@ -63,6 +63,8 @@ impl Relationships {
             record.revoked_at,
             self.now(),
         )?;
+        // A tenant override may have turned the kind off for its partner.
+        self.require_feature(kind.feature(), Some(&record.partner_tenant_id))?;
         Ok(record)
     }
 

@@ -25,7 +25,7 @@ impl pb::reseller_service_server::ResellerService for Relationships {
     ) -> Rpc<pb::CreateResellerRequestResponse> {
         let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
-        self.require_feature(Feature::ResellerRelationships)?;
+        self.require_feature(Feature::ResellerRelationships, Some(&r.partner_tenant_id))?;
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
         let idem = Idempotency::new(&ctx.caller, "CreateResellerRequest", &r.request_id, &r)?;
         self.require(&ctx, &partner, idpb::Permission::PartnerLinksCreate)
@@ -33,6 +33,7 @@ impl pb::reseller_service_server::ResellerService for Relationships {
         let p = self
             .partner(&ctx, &partner, &[idpb::PartnerAuthorization::CloudReseller])
             .await?;
+        self.inner.limits.check(&partner, None)?;
         let (mut link, code) = self.new_link(&ctx, LinkKind::Reseller, &partner, None);
         let draft = reseller_draft(&p.display_name, &link.url, &r.email_subject, &r.email_body)?;
         link.email_subject = draft.subject;
@@ -53,6 +54,7 @@ impl pb::reseller_service_server::ResellerService for Relationships {
         };
         self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
             .await?;
+        sovra_runtime::metrics::business::link_created(LinkKind::Reseller.as_str());
         Ok(Response::new(resp))
     }
 
@@ -61,7 +63,7 @@ impl pb::reseller_service_server::ResellerService for Relationships {
         req: Request<pb::PreviewResellerRequestRequest>,
     ) -> Rpc<pb::PreviewResellerRequestResponse> {
         // No sign-in: anyone holding the link may see what it offers.
-        self.require_feature(Feature::ResellerRelationships)?;
+        self.require_feature(Feature::ResellerRelationships, None)?;
         let (partner, link) = self
             .preview(&trace_id(&req), LinkKind::Reseller, &req.get_ref().code)
             .await?;
@@ -77,7 +79,7 @@ impl pb::reseller_service_server::ResellerService for Relationships {
     ) -> Rpc<pb::AcceptResellerRequestResponse> {
         let ctx = Ctx::of(&req)?;
         let r = req.into_inner();
-        self.require_feature(Feature::ResellerRelationships)?;
+        self.require_feature(Feature::ResellerRelationships, None)?;
         let link = self.live_link(LinkKind::Reseller, &r.code).await?;
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         let idem = Idempotency::new(&ctx.caller, "AcceptResellerRequest", &r.request_id, &r)?;
@@ -131,8 +133,12 @@ impl pb::reseller_service_server::ResellerService for Relationships {
             action: "relationships.reseller.accept",
             target: format!("partners/{partner}"),
         });
+        let accepted = change.is_some();
         self.commit(tx, &ctx, change, &r.request_id, &idem, &resp)
             .await?;
+        if accepted {
+            sovra_runtime::metrics::business::link_redeemed(LinkKind::Reseller.as_str());
+        }
         Ok(Response::new(resp))
     }
 

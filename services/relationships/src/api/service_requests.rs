@@ -39,6 +39,10 @@ impl Relationships {
             .check(ctx, customer, idpb::Permission::ServiceRequestsManage)
             .await?;
         if access.allowed {
+            if access.delegated() {
+                let partner = self.tenant_id("tenant_id", &u.tenant_id)?;
+                self.inner.limits.check(&partner, Some(customer))?;
+            }
             return Ok(Actor {
                 on_behalf: access.delegated().then(|| u.tenant_id.clone()),
             });
@@ -53,6 +57,7 @@ impl Relationships {
                     .check(ctx, &own, idpb::Permission::CustomersRead)
                     .await?;
                 if partner_access.allowed {
+                    self.inner.limits.check(&own, Some(customer))?;
                     return Ok(Actor {
                         on_behalf: Some(u.tenant_id.clone()),
                     });

@@ -1,7 +1,7 @@
 //! Relationship kinds and the lifecycles of delegated administration and
 //! service requests, with their stored names.
 
-use sovra_runtime::{stored_enum, Error};
+use sovra_runtime::{features::Feature, stored_enum, Error};
 
 stored_enum!(
     /// The kinds of link this service issues; the slug is the link path.
@@ -14,6 +14,14 @@ impl LinkKind {
         match self {
             LinkKind::Reseller => "reseller request",
             LinkKind::DelegatedAdmin => "delegated-admin offer",
+        }
+    }
+
+    /// The feature that must be on for links of this kind.
+    pub fn feature(self) -> Feature {
+        match self {
+            LinkKind::Reseller => Feature::ResellerRelationships,
+            LinkKind::DelegatedAdmin => Feature::DelegatedAdmin,
         }
     }
 }

@@ -84,6 +84,16 @@ pub async fn due<'e, E: Executor<'e, Database = Any>>(
     .collect()
 }
 
+/// Changes waiting for delivery, and when the oldest was written.
+pub async fn depth<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+) -> Result<(i64, Option<Millis>), Error> {
+    let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM grant_outbox")
+        .fetch_one(ex)
+        .await?;
+    Ok((row.try_get("n")?, row.try_get("oldest")?))
+}
+
 pub async fn delivered<'e, E: Executor<'e, Database = Any>>(ex: E, id: &str) -> Result<(), Error> {
     sqlx::query("DELETE FROM grant_outbox WHERE id = $1")
         .bind(id)
