@@ -2,20 +2,20 @@
 //! partner of record and delegated administration a redemption brings.
 
 use sovra_proto::relationships::v1 as rpb;
+use sovra_runtime::telemetry::PeerChannel;
 use sovra_runtime::{
     peers::{passthrough, ServiceCredentials},
     Error,
 };
-use tonic::transport::Channel;
 
 #[derive(Debug)]
 pub struct AdvisorClient {
-    channel: Channel,
+    channel: PeerChannel,
     creds: ServiceCredentials,
 }
 
 impl AdvisorClient {
-    pub fn new(channel: Channel, creds: ServiceCredentials) -> Self {
+    pub fn new(channel: PeerChannel, creds: ServiceCredentials) -> Self {
         Self { channel, creds }
     }
 

@@ -20,6 +20,7 @@ use sovra_proto::commerce::v1::{
     subscription_service_server::{self, SubscriptionServiceServer},
     trial_invitation_service_server::{self, TrialInvitationServiceServer},
 };
+use sovra_runtime::telemetry::PeerChannel;
 use sovra_runtime::{
     auth::{Authenticator, Authority},
     clock::{SharedClock, SystemClock},
@@ -29,7 +30,6 @@ use sovra_runtime::{
     peers::{IdentityClient, ServiceCredentials},
     server::{spawn_every, ServiceSet},
 };
-use tonic::transport::Channel;
 
 pub use domain::product_key::ProductKey;
 pub use service::{Commerce, CommerceConfig};
@@ -57,8 +57,8 @@ pub fn build(
     db: Db,
     authority: Authority,
     clock: SharedClock,
-    identity: Channel,
-    relationships: Channel,
+    identity: PeerChannel,
+    relationships: PeerChannel,
 ) -> Commerce {
     let c = &settings.commerce;
     let links = LinkCodes::new(

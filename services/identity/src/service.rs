@@ -133,6 +133,7 @@ impl Identity {
         tenant_id: &str,
         p: Permission,
     ) -> Result<Option<Decision>, Error> {
+        sovra_runtime::telemetry::record_tenant(tenant_id);
         let Some(row) = users::subject(self.db().read(), user_id).await? else {
             return Ok(None);
         };

@@ -18,6 +18,7 @@ use sovra_proto::relationships::v1::{
     reseller_service_server::{self, ResellerServiceServer},
     service_request_service_server::{self, ServiceRequestServiceServer},
 };
+use sovra_runtime::telemetry::PeerChannel;
 use sovra_runtime::{
     auth::{Authenticator, Authority},
     clock::SharedClock,
@@ -27,7 +28,6 @@ use sovra_runtime::{
     peers::IdentityClient,
     server::{spawn_every, ServiceSet},
 };
-use tonic::transport::Channel;
 
 pub use sovra_runtime::peers::channel;
 
@@ -57,8 +57,8 @@ pub fn build(
     db: Db,
     authority: Authority,
     clock: SharedClock,
-    identity: Channel,
-    grant_push: Channel,
+    identity: PeerChannel,
+    grant_push: PeerChannel,
 ) -> Relationships {
     let rel = &settings.relationships;
     let links = LinkCodes::new(

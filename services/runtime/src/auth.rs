@@ -573,9 +573,15 @@ impl Ctx {
     }
 
     /// The verified caller of `req` (see [`caller`]) and its trace id.
+    /// A user's home tenant goes on the call's span until a check names
+    /// the tenant the call acts in.
     pub fn of<T>(req: &Request<T>) -> Result<Ctx, Error> {
+        let caller = caller(req)?;
+        if let Caller::User(u) = &caller {
+            crate::telemetry::record_tenant(&u.tenant_id);
+        }
         Ok(Ctx {
-            caller: caller(req)?,
+            caller,
             trace_id: trace_id(req),
         })
     }

@@ -52,6 +52,7 @@ pub struct Settings {
     pub commerce: CommerceSettings,
     pub tls: TlsSettings,
     pub limits: LimitSettings,
+    pub telemetry: TelemetrySettings,
     pub features: FeatureFlags,
     /// `[[feature_overrides]]`: flags turned off for single tenants.
     #[serde(default)]
@@ -67,6 +68,16 @@ pub struct TlsSettings {
     pub ca_file: PathBuf,
     /// Holds `<service>.pem` and `<service>.key` for each service served here.
     pub cert_dir: PathBuf,
+}
+
+/// `[telemetry]`: OpenTelemetry export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `http://host:port` of an OTLP/gRPC collector; empty: no export.
+    pub otlp_endpoint: String,
+    /// How often metrics are pushed over OTLP, in seconds.
+    pub otlp_metrics_interval_secs: u64,
 }
 
 /// Whether the endpoint and peer calls use TLS.
@@ -395,6 +406,24 @@ impl Settings {
                     "`{}` is not an address such as 127.0.0.1:9464 (or empty for none)",
                     self.server.admin_listen
                 ),
+            ));
+        }
+        let t = &self.telemetry;
+        let plaintext_uri =
+            |u: &str| u.starts_with("http://") && u.parse::<tonic::codegen::http::Uri>().is_ok();
+        if !t.otlp_endpoint.is_empty() && !plaintext_uri(&t.otlp_endpoint) {
+            return Err(ConfigError::new(
+                "telemetry.otlp_endpoint",
+                format!(
+                    "`{}` is not a plaintext OTLP/gRPC address such as http://127.0.0.1:4317 (or empty for no export)",
+                    t.otlp_endpoint
+                ),
+            ));
+        }
+        if t.otlp_metrics_interval_secs == 0 {
+            return Err(ConfigError::new(
+                "telemetry.otlp_metrics_interval_secs",
+                "must be at least 1",
             ));
         }
         if self.auth.access_token_ttl_secs == 0 {

@@ -171,6 +171,10 @@ impl Features {
     /// FEATURE_DISABLED naming the feature, the instance and the tenant
     /// when only its override turns it off.
     pub fn require(&self, f: Feature, tenant: Option<&str>) -> Result<(), crate::Error> {
+        // The tenant a feature is checked for is the one the call acts for.
+        if let Some(t) = tenant {
+            crate::telemetry::record_tenant(t);
+        }
         let set = self.set();
         let message = if !set.flags.is_enabled(f) {
             format!(

@@ -19,6 +19,7 @@ pub mod paging;
 pub mod peers;
 pub mod ratelimit;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 
 pub use error::{Error, ErrorCode, Result};

@@ -12,10 +12,19 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
+use opentelemetry_proto::tonic::{
+    common::v1::KeyValue,
+    metrics::v1::{
+        metric, number_data_point, AggregationTemporality, HistogramDataPoint, Metric,
+        NumberDataPoint,
+    },
+};
 use tonic::codegen::http;
+
+use crate::telemetry::{self, kv, FinishedSpan, Kind, SpanContext, Tracer};
 
 /// Upper bounds of the duration histogram, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -242,7 +251,7 @@ pub fn render(gauges: &[Gauge]) -> String {
 }
 
 /// The RPC an HTTP/2 path names: `/pkg.Service/Method` → (pkg.Service, Method).
-fn rpc_of(path: &str) -> (String, String) {
+pub(crate) fn rpc_of(path: &str) -> (String, String) {
     let p = path.trim_start_matches('/');
     match p.split_once('/') {
         Some((s, m)) => (s.to_owned(), m.to_owned()),
@@ -280,21 +289,36 @@ fn record_rpc(span: &tracing::Span, service: &str, method: &str, code: &str, ela
     );
 }
 
-/// A tower layer counting every RPC with its status code and duration.
+/// A tower layer on every endpoint: counts each RPC with its status code
+/// and duration, opens its `rpc` log span with the trace id, and makes its
+/// server span (see [`crate::telemetry`]).
 #[derive(Debug, Clone, Default)]
-pub struct RpcMetricsLayer;
+pub struct RpcMetricsLayer {
+    tracer: Tracer,
+}
+
+impl RpcMetricsLayer {
+    /// Server spans go to `tracer`.
+    pub fn new(tracer: Tracer) -> Self {
+        RpcMetricsLayer { tracer }
+    }
+}
 
 impl<S> tower_layer::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
+        RpcMetrics {
+            inner,
+            tracer: self.tracer.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
+    tracer: Tracer,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -317,52 +341,72 @@ where
         use tracing::Instrument;
         let (service, method) = rpc_of(req.uri().path());
         // Every call belongs to a trace: the caller's (W3C traceparent), or
-        // a new one, which peers and the audit trail then carry on.
-        let trace_id = req
+        // a new one. The request then names this server span as the parent,
+        // so the interceptor, the audit trail and peer calls carry it on.
+        let parent = req
             .headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
-            .and_then(|tp| tp.split('-').nth(1))
-            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_owned);
-        let trace_id = trace_id.unwrap_or_else(|| {
-            let id = uuid::Uuid::new_v4().simple().to_string();
-            let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
-            if let Ok(v) = http::HeaderValue::from_str(&format!("00-{id}-{span_id}-01")) {
-                req.headers_mut().insert("traceparent", v);
-            }
-            id
-        });
+            .and_then(SpanContext::parse);
+        let cx = parent.map(|p| p.child()).unwrap_or_else(SpanContext::root);
+        if let Ok(v) = http::HeaderValue::from_str(&cx.traceparent()) {
+            req.headers_mut().insert("traceparent", v);
+        }
         let span = tracing::info_span!(
             "rpc",
-            trace_id = %trace_id,
+            trace_id = %cx.trace_hex(),
             rpc.service = %service,
             rpc.method = %method
         );
         let start = Instant::now();
-        let fut = self.inner.call(req).instrument(span.clone());
+        let started = SystemTime::now();
+        let (current, fut) = telemetry::in_span(cx, self.inner.call(req));
+        let fut = fut.instrument(span.clone());
+        // Health probes and reflection are counted, not traced.
+        let tracer = match telemetry::component_of(&service) {
+            Some(c) if self.tracer.exporting() => Some((self.tracer.clone(), c.to_owned())),
+            _ => None,
+        };
         Box::pin(async move {
             let resp = fut.await?;
-            // An error before any message: the status is in the headers.
-            if let Some(code) = resp.headers().get("grpc-status") {
-                let code = code.to_str().unwrap_or("2").to_owned();
-                record_rpc(&span, &service, &method, &code, start.elapsed());
-                return Ok(resp);
-            }
-            // Else it comes in the trailers, when the body ends.
-            let (parts, body) = resp.into_parts();
-            let body = Observed {
-                inner: body,
-                done: Some(Box::new(move |code: &str| {
-                    record_rpc(&span, &service, &method, code, start.elapsed())
-                })),
-            };
-            Ok(http::Response::from_parts(
-                parts,
-                tonic::body::Body::new(body),
-            ))
+            Ok(on_status(resp, move |code| {
+                record_rpc(&span, &service, &method, code, start.elapsed());
+                if let Some((tracer, component)) = tracer {
+                    tracer.finish(FinishedSpan {
+                        component,
+                        kind: Kind::Server,
+                        cx,
+                        parent: parent.map(|p| p.span_id),
+                        rpc_service: service,
+                        rpc_method: method,
+                        code: code.parse().unwrap_or(2),
+                        tenant: current.tenant(),
+                        start: started,
+                        end: SystemTime::now(),
+                    });
+                }
+            }))
         })
     }
+}
+
+/// Calls `done` with the response's gRPC status code: at once when the
+/// headers carry it (an error before any message), else when the body's
+/// trailers come (CANCELLED if the body is dropped before its end).
+pub(crate) fn on_status(
+    resp: http::Response<tonic::body::Body>,
+    done: impl FnOnce(&str) + Send + 'static,
+) -> http::Response<tonic::body::Body> {
+    if let Some(code) = resp.headers().get("grpc-status") {
+        done(code.to_str().unwrap_or("2"));
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let body = Observed {
+        inner: body,
+        done: Some(Box::new(done)),
+    };
+    http::Response::from_parts(parts, tonic::body::Body::new(body))
 }
 
 type Done = Box<dyn FnOnce(&str) + Send>;
@@ -422,6 +466,104 @@ impl http_body::Body for Observed {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+fn attributes(l: &Labels) -> Vec<KeyValue> {
+    l.iter().map(|(k, v)| kv(k, v)).collect()
+}
+
+/// The registry and `gauges` as OTLP metrics: counters as cumulative
+/// monotonic sums, histograms as cumulative explicit-bucket histograms
+/// (in seconds), gauges as gauges. `start` is when counting began.
+pub(crate) fn to_otlp(gauges: &[Gauge], start: u64, now: u64) -> Vec<Metric> {
+    let cumulative = AggregationTemporality::Cumulative as i32;
+    let number = |l: &Labels, v: number_data_point::Value| NumberDataPoint {
+        attributes: attributes(l),
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        value: Some(v),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    for (name, (help, series)) in &r.counters {
+        out.push(Metric {
+            name: (*name).into(),
+            description: (*help).into(),
+            data: Some(metric::Data::Sum(
+                opentelemetry_proto::tonic::metrics::v1::Sum {
+                    data_points: series
+                        .iter()
+                        .map(|(l, v)| number(l, number_data_point::Value::AsInt(*v as i64)))
+                        .collect(),
+                    aggregation_temporality: cumulative,
+                    is_monotonic: true,
+                },
+            )),
+            ..Default::default()
+        });
+    }
+    for (name, (help, series)) in &r.histograms {
+        let data_points = series
+            .iter()
+            .map(|(l, h)| {
+                // Ours are cumulative per bound ("le"); OTLP's are per bucket.
+                let mut bucket_counts = Vec::with_capacity(BUCKETS.len() + 1);
+                let mut below = 0;
+                for c in h.counts {
+                    bucket_counts.push(c - below);
+                    below = c;
+                }
+                bucket_counts.push(h.count - below);
+                HistogramDataPoint {
+                    attributes: attributes(l),
+                    start_time_unix_nano: start,
+                    time_unix_nano: now,
+                    count: h.count,
+                    sum: Some(h.sum),
+                    bucket_counts,
+                    explicit_bounds: BUCKETS.to_vec(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        out.push(Metric {
+            name: (*name).into(),
+            description: (*help).into(),
+            unit: "s".into(),
+            data: Some(metric::Data::Histogram(
+                opentelemetry_proto::tonic::metrics::v1::Histogram {
+                    data_points,
+                    aggregation_temporality: cumulative,
+                },
+            )),
+            ..Default::default()
+        });
+    }
+    drop(r);
+    let mut names: Vec<&'static str> = Vec::new();
+    for g in gauges {
+        if !names.contains(&g.name) {
+            names.push(g.name);
+        }
+    }
+    for name in names {
+        let of_name: Vec<&Gauge> = gauges.iter().filter(|g| g.name == name).collect();
+        out.push(Metric {
+            name: name.into(),
+            description: of_name[0].help.into(),
+            data: Some(metric::Data::Gauge(
+                opentelemetry_proto::tonic::metrics::v1::Gauge {
+                    data_points: of_name
+                        .iter()
+                        .map(|g| number(&g.labels, number_data_point::Value::AsDouble(g.value)))
+                        .collect(),
+                },
+            )),
+            ..Default::default()
+        });
+    }
+    out
 }
 
 /// Serves `GET /metrics` on `listener` until the task is aborted: the

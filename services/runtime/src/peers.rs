@@ -14,6 +14,7 @@ use tonic_types::StatusExt;
 
 use crate::{
     auth::{Authority, Ctx, Token},
+    telemetry::{PeerChannel, Tracer},
     tls::Connector,
     Error,
 };
@@ -21,6 +22,17 @@ use crate::{
 /// A service token is renewed when less than this much of it is left.
 const TOKEN_TTL_SECS: u64 = 600;
 const RENEW_BEFORE_MS: i64 = 120_000;
+
+/// `component`'s channel to a peer at `url` (see [`channel`]), its calls
+/// traced as client spans into `tracer`.
+pub fn peer(
+    url: &str,
+    tls: Option<Connector>,
+    tracer: Tracer,
+    component: &'static str,
+) -> Result<PeerChannel, tonic::transport::Error> {
+    Ok(PeerChannel::new(channel(url, tls)?, tracer, component))
+}
 
 /// A lazily connected channel to another Sovra service at `url`; over
 /// mutual TLS with `tls` (then `https://` and `http://` mean the same).
@@ -124,7 +136,7 @@ pub enum Programs<'a> {
 /// Access and tenants from identity.
 #[derive(Debug)]
 pub struct IdentityClient {
-    channel: Channel,
+    channel: PeerChannel,
     creds: ServiceCredentials,
 }
 
@@ -152,7 +164,7 @@ impl Access {
 
 impl IdentityClient {
     /// `service` names the caller in the tokens it presents.
-    pub fn new(channel: Channel, service: &'static str, authority: Authority) -> Self {
+    pub fn new(channel: PeerChannel, service: &'static str, authority: Authority) -> Self {
         Self {
             channel,
             creds: ServiceCredentials::new(service, authority),
@@ -163,7 +175,7 @@ impl IdentityClient {
         &self.creds
     }
 
-    pub fn channel(&self) -> Channel {
+    pub fn channel(&self) -> PeerChannel {
         self.channel.clone()
     }
 
@@ -209,6 +221,7 @@ impl IdentityClient {
         p: idpb::Permission,
     ) -> Result<Access, Error> {
         let u = ctx.user()?;
+        crate::telemetry::record_tenant(tenant);
         self.check(&u.user_id, tenant, p, &ctx.trace_id).await
     }
 

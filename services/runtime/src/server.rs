@@ -20,6 +20,8 @@ pub struct ServiceSet {
     pub routes: RoutesBuilder,
     /// Fully-qualified names, reported SERVING by health once started.
     pub names: Vec<&'static str>,
+    /// Where the endpoint's server spans go.
+    pub tracer: crate::telemetry::Tracer,
 }
 
 /// A bound, not yet serving, endpoint.
@@ -76,7 +78,7 @@ impl Endpoint {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
         let server = Server::builder()
-            .layer(crate::metrics::RpcMetricsLayer)
+            .layer(crate::metrics::RpcMetricsLayer::new(set.tracer.clone()))
             .add_routes(routes);
         match tls {
             Some(tls) => {

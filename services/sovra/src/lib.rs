@@ -14,6 +14,7 @@ use sovra_runtime::{
     config::{Settings, TlsMode},
     features::{FlagChange, Reloadable},
     server::{is_loopback, Endpoint, ServiceSet},
+    telemetry::{Otlp, OtlpTarget, Tracer},
     tls::{Connector, Tls, TlsFiles},
 };
 
@@ -83,6 +84,8 @@ pub struct App {
     tls: Option<Arc<Tls>>,
     /// The admin endpoint (`GET /metrics`), bound when configured.
     admin: Option<tokio::net::TcpListener>,
+    /// The OTLP exporter, when `telemetry.otlp_endpoint` is set.
+    otlp: Option<Otlp>,
     settings: Settings,
 }
 
@@ -128,7 +131,29 @@ impl App {
             clock.clone(),
         );
         let auth = Authenticator::new(authority.clone(), tls.is_some());
-        let mut set = ServiceSet::default();
+        let otlp = match settings.telemetry.otlp_endpoint.as_str() {
+            "" => None,
+            endpoint => Some(
+                Otlp::start(OtlpTarget {
+                    endpoint: endpoint.to_owned(),
+                    metrics_interval: std::time::Duration::from_secs(
+                        settings.telemetry.otlp_metrics_interval_secs,
+                    ),
+                    service_name: match services.names().as_slice() {
+                        [one] => format!("sovra-{one}"),
+                        _ => "sovra".to_owned(),
+                    },
+                    instance: settings.instance.name.clone(),
+                    region: settings.instance.region.clone(),
+                })
+                .context("invalid configuration: telemetry.otlp_endpoint")?,
+            ),
+        };
+        let tracer = otlp.as_ref().map(Otlp::tracer).unwrap_or_else(Tracer::off);
+        let mut set = ServiceSet {
+            tracer: tracer.clone(),
+            ..ServiceSet::default()
+        };
         // Bound first, so services in this process can call each other on it.
         let endpoint = Endpoint::bind(listen)
             .await
@@ -169,9 +194,9 @@ impl App {
             }
         };
         // Each service calls its peers with its own certificate.
-        let channel = |key: &str, url: &str, me: &str| {
+        let channel = |key: &str, url: &str, me: &'static str| {
             let connector = tls.as_ref().map(|t| Connector::new(t.clone(), me));
-            sovra_runtime::peers::channel(url, connector)
+            sovra_runtime::peers::peer(url, connector, tracer.clone(), me)
                 .with_context(|| format!("invalid configuration: {key}: `{url}`"))
         };
         let relationships = if services.relationships {
@@ -230,8 +255,14 @@ impl App {
             commerce,
             tls,
             admin,
+            otlp,
             settings: settings.clone(),
         })
+    }
+
+    /// The OTLP exporter, when one is configured (to flush it).
+    pub fn otlp(&self) -> Option<Otlp> {
+        self.otlp.clone()
     }
 
     /// Where `GET /metrics` answers, when an admin endpoint is configured.
@@ -288,17 +319,20 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let mut background = Vec::new();
+        let mut collectors = Vec::new();
+        if let Some(s) = &self.identity {
+            collectors.extend(s.collectors());
+        }
+        if let Some(s) = &self.relationships {
+            collectors.extend(s.collectors());
+        }
+        if let Some(s) = &self.commerce {
+            collectors.extend(s.collectors());
+        }
+        if let Some(otlp) = &self.otlp {
+            background.push(otlp.spawn_metrics(collectors.clone()));
+        }
         if let Some(admin) = self.admin {
-            let mut collectors = Vec::new();
-            if let Some(s) = &self.identity {
-                collectors.extend(s.collectors());
-            }
-            if let Some(s) = &self.relationships {
-                collectors.extend(s.collectors());
-            }
-            if let Some(s) = &self.commerce {
-                collectors.extend(s.collectors());
-            }
             background.push(sovra_runtime::metrics::serve_admin(admin, collectors));
         }
         if let Some(identity) = &self.identity {

@@ -268,6 +268,8 @@ pub struct TestApp {
     /// Applies a changed configuration, as SIGHUP does.
     pub reloader: Reloader,
     pub settings: Settings,
+    /// The OTLP exporter, when the settings name a collector.
+    pub otlp: Option<sovra_runtime::telemetry::Otlp>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: Option<TestDb>,
@@ -326,6 +328,7 @@ impl TestApp {
         let commerce = app.commerce().cloned();
         let reloader = app.reloader();
         let admin = app.admin_addr();
+        let otlp = app.otlp();
         let operator = authority.issue_operator(24 * 3600).value;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
@@ -355,6 +358,7 @@ impl TestApp {
             reloader,
             admin,
             settings: settings.clone(),
+            otlp,
             stop: Some(stop),
             server: Some(server),
             _db: None,

@@ -15,4 +15,5 @@ mod links;
 mod product_keys;
 mod prometheus;
 mod tenants;
+mod traces;
 mod users;

@@ -63,6 +63,7 @@ impl Relationships {
             state,
             version,
             self.outbox().now(),
+            self.outbox().sweep_from(),
         )
         .await
     }

@@ -30,6 +30,8 @@ fn from_row(r: &AnyRow) -> Result<GrantChange, Error> {
     })
 }
 
+/// Queues a change written at `now`; the sweep may take it from `sweep_from`.
+#[allow(clippy::too_many_arguments)]
 pub async fn enqueue(
     tx: &mut Tx,
     partner: &str,
@@ -38,6 +40,7 @@ pub async fn enqueue(
     state: DelegatedState,
     version: i64,
     now: Millis,
+    sweep_from: Millis,
 ) -> Result<GrantChange, Error> {
     let change = GrantChange {
         id: uuid::Uuid::now_v7().to_string(),
@@ -51,7 +54,7 @@ pub async fn enqueue(
     sqlx::query(
         "INSERT INTO grant_outbox (id, partner_tenant_id, customer_tenant_id, relationship_id, state, \
          version, created_at, attempts, next_attempt_at, last_error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $7, '')",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, '')",
     )
     .bind(&change.id)
     .bind(partner)
@@ -60,6 +63,7 @@ pub async fn enqueue(
     .bind(state.as_str())
     .bind(version)
     .bind(now)
+    .bind(sweep_from)
     .execute(&mut **tx)
     .await?;
     Ok(change)
