@@ -1,0 +1,233 @@
+//! The load generator: `connections` HTTP/2 connections, each with
+//! `inflight` requests outstanding, for a time; as fast as the server
+//! answers (max rate) or at a fixed total rate. Latencies go into HDR
+//! histograms; at a fixed rate each is measured from when the request was
+//! due, not when it was sent, so a stalled server can't hide its queue
+//! (no coordinated omission).
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+
+/// How to load.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub connections: usize,
+    pub inflight: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Requests per second in all; None: as fast as answered.
+    pub rate: Option<f64>,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
+    /// Latencies in microseconds.
+    pub hist: Histogram<u64>,
+    /// CPU seconds used by this process (the client) and by the server.
+    pub client_cpu: f64,
+    pub server_cpu: f64,
+}
+
+impl Outcome {
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// A latency quantile in milliseconds.
+    pub fn ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Cores used, client and server, over the measured time.
+    pub fn cores(&self) -> (f64, f64) {
+        let t = self.elapsed.as_secs_f64();
+        (self.client_cpu / t, self.server_cpu / t)
+    }
+}
+
+/// CPU seconds `pid` (None: this process) has used, from /proc (utime +
+/// stime, at the kernel's usual 100 ticks a second).
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15; here 0-based after the state (field 3).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident memory of `pid` in MiB (VmRSS).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Runs `call` under `spec` over `channels` (one per connection); `server`
+/// is the server's pid, for its CPU. `call` gets a channel and a sequence
+/// number unique in the run, and says whether the answer was a success.
+pub async fn run<F, Fut>(spec: Spec, channels: &[Channel], server: u32, call: F) -> Outcome
+where
+    F: Fn(Channel, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let call = Arc::new(call);
+    let workers = spec.connections * spec.inflight;
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let begin = Instant::now();
+    let measure_from = begin + spec.warmup;
+    let end = measure_from + spec.duration;
+    // At a fixed rate each worker sends every `period`, staggered.
+    let period = spec
+        .rate
+        .map(|r| Duration::from_secs_f64(workers as f64 / r.max(0.001)));
+    let cpu = std::sync::Mutex::new(None::<(f64, f64)>);
+    let cpu = Arc::new(cpu);
+    let mut tasks = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let channel = channels[w % channels.len()].clone();
+        let call = call.clone();
+        let seq = seq.clone();
+        let cpu = cpu.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+            let mut due = begin
+                + period
+                    .unwrap_or_default()
+                    .mul_f64(w as f64 / workers as f64);
+            loop {
+                let start = match period {
+                    Some(p) => {
+                        let s = due;
+                        tokio::time::sleep_until(s.into()).await;
+                        due += p;
+                        s
+                    }
+                    None => Instant::now(),
+                };
+                if start >= end {
+                    break;
+                }
+                if w == 0 && start >= measure_from {
+                    let mut c = cpu.lock().unwrap();
+                    if c.is_none() {
+                        *c = Some((cpu_seconds(None), cpu_seconds(Some(server))));
+                    }
+                }
+                let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let result = call(channel.clone(), n).await;
+                let took = start.elapsed();
+                if start < measure_from {
+                    continue;
+                }
+                match result {
+                    Ok(()) => {
+                        ok += 1;
+                        let _ = hist.record((took.as_micros() as u64).max(1));
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            (hist, ok, errors, first_error)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let (mut ok, mut errors, mut first_error) = (0, 0, None);
+    for t in tasks {
+        let (h, o, e, f) = t.await.expect("a load worker panicked");
+        hist.add(&h).expect("same bounds");
+        ok += o;
+        errors += e;
+        if first_error.is_none() {
+            first_error = f;
+        }
+    }
+    let elapsed = Instant::now().saturating_duration_since(measure_from);
+    let (c0, s0) = cpu
+        .lock()
+        .unwrap()
+        .unwrap_or((cpu_seconds(None), cpu_seconds(Some(server))));
+    Outcome {
+        ok,
+        errors,
+        first_error,
+        elapsed,
+        hist,
+        client_cpu: cpu_seconds(None) - c0,
+        server_cpu: cpu_seconds(Some(server)) - s0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_memory_are_read_from_proc() {
+        // Burn a little CPU so the counter moves past its 10 ms resolution.
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        assert!(x != 1);
+        assert!(cpu_seconds(None) > 0.0);
+        assert!(rss_mib(std::process::id()) > 1.0);
+        assert_eq!(cpu_seconds(Some(u32::MAX)), 0.0, "a gone process reads as zero");
+    }
+
+    #[tokio::test]
+    async fn a_fixed_rate_run_keeps_its_schedule_and_counts_errors() {
+        // A lazy channel nobody calls: the closure answers by itself.
+        let ch = Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let spec = Spec {
+            connections: 1,
+            inflight: 2,
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(500),
+            rate: Some(200.0),
+        };
+        let out = run(spec, &[ch], std::process::id(), |_, n| async move {
+            if n % 10 == 0 {
+                Err(format!("failure {n}"))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        let sent = out.ok + out.errors;
+        // 200/s for 0.5 s is 100 requests; timers are coarse, allow slack.
+        assert!((80..=120).contains(&sent), "{sent} requests");
+        assert!(out.errors > 0 && out.first_error.is_some());
+        assert!(out.ms(0.99) < 50.0);
+    }
+}

@@ -1,0 +1,142 @@
+//! The report: every run's figures, then each goal beside its baseline.
+
+use std::fmt::Write;
+
+use crate::load::Outcome;
+
+/// One measured run.
+pub struct Run {
+    pub name: String,
+    pub backend: String,
+    pub outcome: Outcome,
+}
+
+/// One goal of the issue, checked.
+pub struct Figure {
+    pub number: &'static str,
+    pub what: String,
+    pub measured: String,
+    pub goal: String,
+    /// None: not measured (say why in `measured`).
+    pub met: Option<bool>,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub runs: Vec<Run>,
+    pub figures: Vec<Figure>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn run(&mut self, name: &str, backend: &str, outcome: Outcome) -> Outcome {
+        let (c, s) = outcome.cores();
+        println!(
+            "{name:<44} {backend:<10} {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms p99.9 {:>7.2} ms cpu client {c:.2} server {s:.2} errors {}",
+            outcome.throughput(),
+            outcome.ms(0.5),
+            outcome.ms(0.99),
+            outcome.ms(0.999),
+            outcome.errors,
+        );
+        if let Some(e) = &outcome.first_error {
+            println!("    first error: {e}");
+        }
+        self.runs.push(Run {
+            name: name.to_owned(),
+            backend: backend.to_owned(),
+            outcome: outcome.clone(),
+        });
+        outcome
+    }
+
+    pub fn figure(
+        &mut self,
+        number: &'static str,
+        what: impl Into<String>,
+        measured: impl Into<String>,
+        goal: impl Into<String>,
+        met: Option<bool>,
+    ) {
+        let f = Figure {
+            number,
+            what: what.into(),
+            measured: measured.into(),
+            goal: goal.into(),
+            met,
+        };
+        println!(
+            "figure {}: {} — {} (goal {}): {}",
+            f.number,
+            f.what,
+            f.measured,
+            f.goal,
+            verdict(f.met)
+        );
+        self.figures.push(f);
+    }
+
+    pub fn markdown(&self, machine: &str, args: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# Benchmarks\n\n\
+             Written by `sovra-bench run` (see \"Running\" below); do not edit by hand.\n\
+             Every figure is a ratio against a baseline measured in the same run on\n\
+             the same machine, so a noisy or slower machine moves both sides.\n\n\
+             - Machine: {machine}\n- Run: {args}\n\
+             - Durability: SQLite WAL with `synchronous=FULL` (Sovra's `Db::connect`, used by the\n  baselines too); PostgreSQL with `synchronous_commit=on` (its default).\n"
+        );
+        let _ = writeln!(out, "## Goals\n");
+        let _ = writeln!(
+            out,
+            "| # | what | measured | goal | |\n|---|---|---|---|---|"
+        );
+        for f in &self.figures {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                f.number,
+                f.what,
+                f.measured,
+                f.goal,
+                verdict(f.met)
+            );
+        }
+        let _ = writeln!(out, "\n## Runs\n");
+        let _ = writeln!(
+            out,
+            "| run | backend | req/s | p50 ms | p99 ms | p99.9 ms | client cores | server cores | errors |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in &self.runs {
+            let o = &r.outcome;
+            let (c, s) = o.cores();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {c:.2} | {s:.2} | {} |",
+                r.name,
+                r.backend,
+                o.throughput(),
+                o.ms(0.5),
+                o.ms(0.99),
+                o.ms(0.999),
+                o.errors
+            );
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(out, "\n## Notes from this run\n");
+            for n in &self.notes {
+                let _ = writeln!(out, "- {n}");
+            }
+        }
+        out
+    }
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
