@@ -202,7 +202,11 @@ mod tests {
         assert!(x != 1);
         assert!(cpu_seconds(None) > 0.0);
         assert!(rss_mib(std::process::id()) > 1.0);
-        assert_eq!(cpu_seconds(Some(u32::MAX)), 0.0, "a gone process reads as zero");
+        assert_eq!(
+            cpu_seconds(Some(u32::MAX)),
+            0.0,
+            "a gone process reads as zero"
+        );
     }
 
     #[tokio::test]

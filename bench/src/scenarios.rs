@@ -383,7 +383,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "`sovra-bench run --seconds {} --connections {} --inflight {}`",
         args.seconds, args.connections, args.inflight
     );
-    std::fs::write(&args.out, report.markdown(&machine(), &how) + &docs_tail())?;
+    std::fs::write(
+        &args.out,
+        report.markdown(&machine(), &how) + &docs_tail() + include_str!("../HISTORY.md"),
+    )?;
     println!("wrote {}", args.out.display());
     Ok(())
 }
