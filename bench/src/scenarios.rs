@@ -280,6 +280,11 @@ async fn world(ch: &Channel, operator: &str) -> anyhow::Result<World> {
     })
 }
 
+/// A failed call as the report shows it.
+fn refusal(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
 fn check_req(token: &str, tenant: &str, p: pb::Permission) -> Request<pb::CheckAccessRequest> {
     authed(
         token,
@@ -307,7 +312,7 @@ async fn check_access(
             let r = pb::access_service_client::AccessServiceClient::new(ch)
                 .check_access(req)
                 .await
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                .map_err(refusal)?
                 .into_inner();
             if r.allowed && r.basis == basis as i32 {
                 Ok(())
@@ -331,7 +336,7 @@ async fn base_load(spec: load::Spec, p: &Proc, channels: &[Channel]) -> Outcome 
             })
             .await
             .map(|_| ())
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            .map_err(refusal)
     })
     .await
 }
@@ -518,7 +523,7 @@ async fn suite(args: &RunArgs, bin: &Path, tmp: &Path, report: &mut Report) -> a
                     .create_purchase_offer(req)
                     .await
                     .map(|_| ())
-                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                    .map_err(refusal)
             }
         })
         .await,

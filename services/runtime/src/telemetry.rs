@@ -183,10 +183,6 @@ pub fn record_tenant(tenant_id: &str) {
     });
 }
 
-fn current() -> Option<(SpanContext, Option<String>)> {
-    CURRENT.try_with(|c| (c.cx, c.tenant())).ok()
-}
-
 /// Server or client side of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -295,20 +291,24 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let (parent, tenant) = match current() {
-            Some((cx, tenant)) => (Some(cx), tenant),
-            None => (
-                req.headers()
-                    .get("traceparent")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(SpanContext::parse),
-                None,
-            ),
+        let current = CURRENT.try_with(Arc::clone).ok();
+        let parent = match &current {
+            Some(c) => Some(c.cx),
+            None => req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(SpanContext::parse),
         };
         let cx = parent.map(|p| p.child()).unwrap_or_else(SpanContext::root);
         if let Ok(v) = http::HeaderValue::from_str(&cx.traceparent()) {
             req.headers_mut().insert("traceparent", v);
         }
+        // Not exporting: the context is passed on, no span is kept.
+        if !self.tracer.exporting() {
+            return Box::pin(self.inner.call(req));
+        }
+        let tenant = current.and_then(|c| c.tenant());
         let (rpc_service, rpc_method) = metrics::rpc_of(req.uri().path());
         let span = FinishedSpan {
             component: self.component.to_owned(),
