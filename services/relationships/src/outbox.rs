@@ -14,10 +14,6 @@ use crate::{domain::states::DelegatedState, store::outbox};
 
 const BATCH: i64 = 100;
 const FIRST_BACKOFF_MS: i64 = 200;
-/// A new change is its request's to deliver (right after commit) for this
-/// long before the sweep takes it: else both may push it at once. Only a
-/// process that stopped in between leaves one to the sweep.
-const INLINE_MS: i64 = 15_000;
 
 /// The delivery side of the grant outbox.
 #[derive(Clone)]
@@ -74,11 +70,6 @@ impl Outbox {
     /// The outbox's own (wall) clock: stamps and schedules its rows.
     pub fn now(&self) -> sovra_runtime::clock::Millis {
         self.clock.now_ms()
-    }
-
-    /// When the sweep may take a change enqueued now.
-    pub fn sweep_from(&self) -> sovra_runtime::clock::Millis {
-        self.clock.now_ms() + INLINE_MS
     }
 
     async fn deliver(&self, c: &outbox::GrantChange) -> Result<(), Error> {

@@ -63,7 +63,6 @@ impl Relationships {
             state,
             version,
             self.outbox().now(),
-            self.outbox().sweep_from(),
         )
         .await
     }

@@ -7,6 +7,11 @@ use sqlx::{any::AnyRow, Any, Executor, Row};
 
 use crate::domain::states::DelegatedState;
 
+/// A new change is its request's to deliver (right after commit) for this
+/// long before the sweep takes it: else both may push it at once. Only a
+/// process that stopped in between leaves one to the sweep.
+pub const INLINE_MS: i64 = 15_000;
+
 #[derive(Debug, Clone)]
 pub struct GrantChange {
     pub id: String,
@@ -30,8 +35,8 @@ fn from_row(r: &AnyRow) -> Result<GrantChange, Error> {
     })
 }
 
-/// Queues a change written at `now`; the sweep may take it from `sweep_from`.
-#[allow(clippy::too_many_arguments)]
+/// Queues a change written at `now`. The sweep takes it only after
+/// [`INLINE_MS`]: until then it is its request's to deliver.
 pub async fn enqueue(
     tx: &mut Tx,
     partner: &str,
@@ -40,7 +45,6 @@ pub async fn enqueue(
     state: DelegatedState,
     version: i64,
     now: Millis,
-    sweep_from: Millis,
 ) -> Result<GrantChange, Error> {
     let change = GrantChange {
         id: uuid::Uuid::now_v7().to_string(),
@@ -63,7 +67,7 @@ pub async fn enqueue(
     .bind(state.as_str())
     .bind(version)
     .bind(now)
-    .bind(sweep_from)
+    .bind(now + INLINE_MS)
     .execute(&mut **tx)
     .await?;
     Ok(change)
