@@ -23,12 +23,47 @@ pub struct Spec {
     pub duration: Duration,
     /// Requests per second in all; None: as fast as answered.
     pub rate: Option<f64>,
+    /// Stop after this many requests (counted from the first, warm-up
+    /// included); None: run for `warmup + duration`.
+    pub limit: Option<u64>,
+}
+
+impl Spec {
+    /// Workers: one per request in flight; at a fixed rate four times as
+    /// many, so a slow answer doesn't hold up the requests due after it (the
+    /// schedule is kept by the spare workers, not by the slow one).
+    fn workers(&self) -> usize {
+        let n = self.connections * self.inflight;
+        if self.rate.is_some() {
+            n * 4
+        } else {
+            n
+        }
+    }
+}
+
+/// What one call answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Ok,
+    /// An expected refusal, timed apart from the successes: a contender
+    /// that lost the race for a product key.
+    Lost,
+}
+
+impl From<()> for Answer {
+    fn from(_: ()) -> Self {
+        Answer::Ok
+    }
 }
 
 /// What one run measured.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub ok: u64,
+    /// Answers that were `Answer::Lost`, and their latencies in `lost_hist`.
+    pub lost: u64,
+    pub lost_hist: Histogram<u64>,
     pub errors: u64,
     pub first_error: Option<String>,
     pub elapsed: Duration,
@@ -44,6 +79,17 @@ impl Outcome {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// The `Answer::Lost` answers as an outcome of their own (for the report).
+    pub fn losers(&self) -> Outcome {
+        Outcome {
+            ok: self.lost,
+            hist: self.lost_hist.clone(),
+            lost: 0,
+            lost_hist: histogram(),
+            ..self.clone()
+        }
+    }
+
     /// A latency quantile in milliseconds.
     pub fn ms(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
@@ -54,6 +100,11 @@ impl Outcome {
         let t = self.elapsed.as_secs_f64();
         (self.client_cpu / t, self.server_cpu / t)
     }
+}
+
+/// 1 µs to 60 s, three significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds")
 }
 
 /// CPU seconds `pid` (None: this process) has used, from /proc (utime +
@@ -91,13 +142,14 @@ pub fn rss_mib(pid: u32) -> f64 {
 /// Runs `call` under `spec` over `channels` (one per connection); `server`
 /// is the server's pid, for its CPU. `call` gets a channel and a sequence
 /// number unique in the run, and says whether the answer was a success.
-pub async fn run<F, Fut>(spec: Spec, channels: &[Channel], server: u32, call: F) -> Outcome
+pub async fn run<F, Fut, A>(spec: Spec, channels: &[Channel], server: u32, call: F) -> Outcome
 where
     F: Fn(Channel, u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
+    Fut: Future<Output = Result<A, String>> + Send,
+    A: Into<Answer>,
 {
     let call = Arc::new(call);
-    let workers = spec.connections * spec.inflight;
+    let workers = spec.workers();
     let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let begin = Instant::now();
     let measure_from = begin + spec.warmup;
@@ -115,8 +167,9 @@ where
         let seq = seq.clone();
         let cpu = cpu.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+            let mut hist = histogram();
+            let mut lost_hist = histogram();
+            let (mut ok, mut lost, mut errors, mut first_error) = (0u64, 0u64, 0u64, None);
             let mut due = begin
                 + period
                     .unwrap_or_default()
@@ -141,15 +194,23 @@ where
                     }
                 }
                 let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if spec.limit.is_some_and(|l| n >= l) {
+                    break;
+                }
                 let result = call(channel.clone(), n).await;
                 let took = start.elapsed();
                 if start < measure_from {
                     continue;
                 }
-                match result {
-                    Ok(()) => {
+                let micros = (took.as_micros() as u64).max(1);
+                match result.map(Into::into) {
+                    Ok(Answer::Ok) => {
                         ok += 1;
-                        let _ = hist.record((took.as_micros() as u64).max(1));
+                        let _ = hist.record(micros);
+                    }
+                    Ok(Answer::Lost) => {
+                        lost += 1;
+                        let _ = lost_hist.record(micros);
                     }
                     Err(e) => {
                         errors += 1;
@@ -157,15 +218,18 @@ where
                     }
                 }
             }
-            (hist, ok, errors, first_error)
+            (hist, lost_hist, ok, lost, errors, first_error)
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-    let (mut ok, mut errors, mut first_error) = (0, 0, None);
+    let mut hist = histogram();
+    let mut lost_hist = histogram();
+    let (mut ok, mut lost, mut errors, mut first_error) = (0, 0, 0, None);
     for t in tasks {
-        let (h, o, e, f) = t.await.expect("a load worker panicked");
+        let (h, lh, o, l, e, f) = t.await.expect("a load worker panicked");
         hist.add(&h).expect("same bounds");
+        lost_hist.add(&lh).expect("same bounds");
         ok += o;
+        lost += l;
         errors += e;
         if first_error.is_none() {
             first_error = f;
@@ -178,6 +242,8 @@ where
         .unwrap_or((cpu_seconds(None), cpu_seconds(Some(server))));
     Outcome {
         ok,
+        lost,
+        lost_hist,
         errors,
         first_error,
         elapsed,
@@ -219,19 +285,42 @@ mod tests {
             warmup: Duration::from_millis(100),
             duration: Duration::from_millis(500),
             rate: Some(200.0),
+            limit: None,
         };
         let out = run(spec, &[ch], std::process::id(), |_, n| async move {
-            if n % 10 == 0 {
-                Err(format!("failure {n}"))
-            } else {
-                Ok(())
+            match n % 10 {
+                0 => Err(format!("failure {n}")),
+                1 => Ok(Answer::Lost),
+                _ => Ok(Answer::Ok),
             }
         })
         .await;
-        let sent = out.ok + out.errors;
+        let sent = out.ok + out.lost + out.errors;
         // 200/s for 0.5 s is 100 requests; timers are coarse, allow slack.
         assert!((80..=120).contains(&sent), "{sent} requests");
         assert!(out.errors > 0 && out.first_error.is_some());
         assert!(out.ms(0.99) < 50.0);
+        assert!(out.lost > 0 && out.lost_hist.len() == out.lost);
+        assert_eq!(out.hist.len(), out.ok);
+    }
+
+    #[tokio::test]
+    async fn a_limited_run_stops_at_its_count() {
+        let ch = Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let spec = Spec {
+            connections: 2,
+            inflight: 3,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(60),
+            rate: None,
+            limit: Some(1000),
+        };
+        let out = run(spec, &[ch], std::process::id(), |_, _| async move {
+            tokio::task::yield_now().await;
+            Ok(())
+        })
+        .await;
+        assert_eq!(out.ok, 1000);
+        assert!(out.elapsed < Duration::from_secs(30));
     }
 }

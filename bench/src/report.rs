@@ -14,6 +14,7 @@ pub struct Run {
 /// One goal of the issue, checked.
 pub struct Figure {
     pub number: &'static str,
+    pub backend: String,
     pub what: String,
     pub measured: String,
     pub goal: String,
@@ -53,6 +54,7 @@ impl Report {
     pub fn figure(
         &mut self,
         number: &'static str,
+        backend: &str,
         what: impl Into<String>,
         measured: impl Into<String>,
         goal: impl Into<String>,
@@ -60,14 +62,16 @@ impl Report {
     ) {
         let f = Figure {
             number,
+            backend: backend.to_owned(),
             what: what.into(),
             measured: measured.into(),
             goal: goal.into(),
             met,
         };
         println!(
-            "figure {}: {} — {} (goal {}): {}",
+            "figure {} ({}): {} — {} (goal {}): {}",
             f.number,
+            f.backend,
             f.what,
             f.measured,
             f.goal,
@@ -90,13 +94,14 @@ impl Report {
         let _ = writeln!(out, "## Goals\n");
         let _ = writeln!(
             out,
-            "| # | what | measured | goal | |\n|---|---|---|---|---|"
+            "| # | backend | what | measured | goal | |\n|---|---|---|---|---|---|"
         );
         for f in &self.figures {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 f.number,
+                f.backend,
                 f.what,
                 f.measured,
                 f.goal,

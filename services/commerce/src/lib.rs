@@ -82,6 +82,7 @@ pub fn build(
         ),
         limits: sovra_runtime::ratelimit::MutationLimits::new(&settings.limits),
         feed: tokio::sync::watch::channel(0).0,
+        redeeming: service::InFlight::default(),
     })
 }
 

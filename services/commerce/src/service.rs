@@ -67,6 +67,37 @@ pub(crate) struct Inner {
     pub limits: MutationLimits,
     /// Bumped after every commit that appended notifications: wakes watchers.
     pub feed: watch::Sender<u64>,
+    /// Product keys (hashes) a redemption in this process is claiming now.
+    pub redeeming: InFlight,
+}
+
+/// Keys being worked on in this process: the first caller holds a key until
+/// its guard drops; a second caller is told at once instead of queueing for
+/// the database's write lock behind the first.
+#[derive(Default)]
+pub struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl InFlight {
+    /// A guard over `key`, or None when another caller holds it.
+    pub fn try_hold(&self, key: &str) -> Option<InFlightGuard<'_>> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.insert(key.to_owned()).then(|| InFlightGuard {
+            set: self,
+            key: key.to_owned(),
+        })
+    }
+}
+
+pub struct InFlightGuard<'a> {
+    set: &'a InFlight,
+    key: String,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut held = self.set.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(&self.key);
+    }
 }
 
 impl Commerce {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod cache;
 pub mod domain;
 pub mod hashing;
 pub mod service;

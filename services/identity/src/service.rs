@@ -17,10 +17,11 @@ pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 use tonic::Request;
 
 use crate::{
+    cache::{Cached, Generation, Stripes},
     domain::{
         ids::TenantId,
         policy::{self, Basis, Decision, Subject},
-        roles::{Permission, TenantKind},
+        roles::{GrantState, Permission, TenantKind},
     },
     hashing::Hasher,
     store::{grants, tenants, tenants::TenantRecord, users},
@@ -38,6 +39,8 @@ pub struct IdentityConfig {
     pub access_token_ttl_secs: u64,
     pub idempotency_retention_ms: i64,
     pub purge_interval: Duration,
+    /// How long what a decision read may be reused (0: never); see `cache`.
+    pub decision_cache: Duration,
 }
 
 impl IdentityConfig {
@@ -51,6 +54,7 @@ impl IdentityConfig {
             access_token_ttl_secs: s.auth.access_token_ttl_secs,
             idempotency_retention_ms: s.identity.idempotency_retention_hours as i64 * HOUR_MS,
             purge_interval: Duration::from_secs(s.identity.purge_interval_secs),
+            decision_cache: Duration::from_millis(s.identity.decision_cache_ms),
         }
     }
 }
@@ -67,6 +71,17 @@ pub(crate) struct Inner {
     pub clock: SharedClock,
     pub hasher: Hasher,
     pub cfg: IdentityConfig,
+    /// Bumped after every commit: what `subjects`, `grants` and `tenants`
+    /// hold is only used under the generation it was read in.
+    pub generation: Generation,
+    /// Bumped after a commit that changed one delegated grant only, in the
+    /// stripe of its (partner, customer): `grants` entries are read under
+    /// `generation` and their stripe's, so a grant change leaves users,
+    /// tenants and (nearly all) other grants cached.
+    pub grant_generations: Stripes,
+    pub subjects: Cached<String, Option<users::SubjectRow>>,
+    pub grants: Cached<(String, String), Option<GrantState>>,
+    pub tenants: Cached<String, Option<TenantRecord>>,
 }
 
 /// A granted decision, for the audit record.
@@ -89,6 +104,11 @@ impl Identity {
                 authority,
                 clock,
                 hasher,
+                generation: Generation::default(),
+                grant_generations: Stripes::default(),
+                subjects: Cached::new(cfg.decision_cache),
+                grants: Cached::new(cfg.decision_cache),
+                tenants: Cached::new(cfg.decision_cache),
                 cfg,
             }),
         }
@@ -121,7 +141,12 @@ impl Identity {
 
     /// Loads a tenant or answers NOT_FOUND.
     pub(crate) async fn tenant(&self, id: &TenantId) -> Result<TenantRecord, Error> {
-        tenants::get(self.db().read(), id.as_str())
+        let generation = (self.inner.generation.current(), 0);
+        self.inner
+            .tenants
+            .get_or_load(id.as_str().to_owned(), generation, || {
+                tenants::get(self.db().read(), id.as_str())
+            })
             .await?
             .ok_or_else(|| tenant_not_found(id))
     }
@@ -134,12 +159,29 @@ impl Identity {
         p: Permission,
     ) -> Result<Option<Decision>, Error> {
         sovra_runtime::telemetry::record_tenant(tenant_id);
-        let Some(row) = users::subject(self.db().read(), user_id).await? else {
+        let generation = self.inner.generation.current();
+        let stamp = (generation, 0);
+        let row = self
+            .inner
+            .subjects
+            .get_or_load(user_id.to_owned(), stamp, || {
+                users::subject(self.db().read(), user_id)
+            })
+            .await?;
+        let Some(row) = row else {
             return Ok(None);
         };
         let kind = TenantKind::from_stored(&row.tenant_kind).unwrap_or(TenantKind::Customer);
         let grant = if row.tenant_id != tenant_id && kind == TenantKind::Partner {
-            grants::state(self.db().read(), &row.tenant_id, tenant_id).await?
+            let key = (row.tenant_id.clone(), tenant_id.to_owned());
+            // Either generation moving makes a grant stale.
+            let both = (generation, self.inner.grant_generations.of(&key).current());
+            self.inner
+                .grants
+                .get_or_load(key, both, || {
+                    grants::state(self.db().read(), &row.tenant_id, tenant_id)
+                })
+                .await?
         } else {
             None
         };
@@ -214,7 +256,30 @@ impl Identity {
         idem: &Option<Idempotency>,
         resp: &M,
     ) -> Result<(), Error> {
-        audit::commit(tx, self.now(), ctx, change, request_id, idem, resp).await
+        let done = audit::commit(tx, self.now(), ctx, change, request_id, idem, resp).await;
+        // After the commit (or its failure): what was read before is stale.
+        self.inner.generation.bump();
+        done
+    }
+
+    /// [`Identity::commit`] for a transaction that changed the grant of
+    /// `partner` in `customer` and nothing else a decision reads: only that
+    /// grant (and those sharing its stripe) go stale.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn commit_grant<M: prost::Message>(
+        &self,
+        grant: (&str, &str),
+        tx: Tx,
+        ctx: &Ctx,
+        change: Option<Change<'_>>,
+        request_id: &str,
+        idem: &Option<Idempotency>,
+        resp: &M,
+    ) -> Result<(), Error> {
+        let done = audit::commit(tx, self.now(), ctx, change, request_id, idem, resp).await;
+        // (&str, &str) hashes as the (String, String) key reads do.
+        self.inner.grant_generations.of(&grant).bump();
+        done
     }
 
     /// Purges users past retention and forgets old request ids, once.
@@ -222,6 +287,7 @@ impl Identity {
         let mut tx = self.db().begin().await?;
         let users = users::purge_expired(&mut tx, self.cutoff()).await?;
         tx.commit().await?;
+        self.inner.generation.bump();
         let keys = sovra_runtime::idempotency::expire(
             self.db(),
             self.now() - self.cfg().idempotency_retention_ms,

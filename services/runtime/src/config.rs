@@ -157,6 +157,7 @@ pub struct IdentitySettings {
     pub password_memory_kib: u32,
     pub password_iterations: u32,
     pub password_parallelism: u32,
+    pub decision_cache_ms: u64,
 }
 
 /// `[relationships]`: the relationships service.

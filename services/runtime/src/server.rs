@@ -5,7 +5,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{wrappers::TcpListenerStream, StreamExt};
 use tonic::{
     service::{Routes, RoutesBuilder},
     transport::Server,
@@ -90,8 +90,16 @@ impl Endpoint {
                     .await
             }
             None => {
+                // No Nagle: a reply larger than one segment would otherwise
+                // wait for the client's delayed ACK (about 40 ms).
+                let incoming = TcpListenerStream::new(self.listener).map(|conn| {
+                    if let Ok(tcp) = &conn {
+                        let _ = tcp.set_nodelay(true);
+                    }
+                    conn
+                });
                 server
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+                    .serve_with_incoming_shutdown(incoming, shutdown)
                     .await
             }
         }

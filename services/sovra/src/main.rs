@@ -58,7 +58,8 @@ impl ConfigArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every service in one process on one endpoint, with embedded SQLite.
+    /// Run every service in one process on one endpoint, with embedded SQLite
+    /// (or the databases --database-url names).
     Up {
         /// Where the databases, signing key and operator token live.
         #[arg(long, default_value = "data")]
@@ -69,6 +70,12 @@ enum Command {
         /// Serve plaintext instead of mutual TLS (loopback only).
         #[arg(long)]
         plaintext: bool,
+        /// Use these databases instead of SQLite files in the data directory:
+        /// a URL in which `{service}` becomes identity, relationships and
+        /// commerce, e.g. `postgres://127.0.0.1:5432/sovra_{service}` (the
+        /// databases must exist).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -162,8 +169,9 @@ async fn main() {
             data_dir,
             listen,
             plaintext,
+            database_url,
             config,
-        } => up(data_dir, listen, plaintext, config).await,
+        } => up(data_dir, listen, plaintext, database_url, config).await,
         Command::Serve { service, config } => serve(&service, config).await,
         Command::Migrate { config } => migrate(config).await,
         Command::CheckConfig { config } => check_config(config),
@@ -278,16 +286,26 @@ async fn up(
     data_dir: PathBuf,
     listen: SocketAddr,
     plaintext: bool,
+    database_url: Option<String>,
     config: ConfigArgs,
 ) -> anyhow::Result<()> {
     init_logs(false);
+    if let Some(t) = &database_url {
+        anyhow::ensure!(
+            t.contains("{service}"),
+            "--database-url must contain `{{service}}` (each service has a database of its own)"
+        );
+    }
     if plaintext {
         sovra::refuse_plaintext_off_loopback(&listen)?;
     }
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
-    let db_url = |name: &str| format!("sqlite://{}?mode=rwc", data_dir.join(name).display());
+    let db_url = |name: &str| match &database_url {
+        Some(t) => t.replace("{service}", name.trim_end_matches(".db")),
+        None => format!("sqlite://{}?mode=rwc", data_dir.join(name).display()),
+    };
     let key_file = data_dir.join("signing-key.pem");
     let tls_dir = data_dir.join("tls");
     let overrides = vec![

@@ -23,6 +23,33 @@ fn redeem(
     }
 }
 
+/// Redeems as a well-behaved client does: a `RESOURCE_EXHAUSTED` answer
+/// (the per-partner attempt limit) is retried after the delay its
+/// `RetryInfo` names, so tests that make more attempts than the burst allows
+/// still decide every key.
+async fn redeem_within_limit(
+    app: &TestApp,
+    agent: &str,
+    request: com::RedeemProductKeyRequest,
+) -> Result<com::RedeemProductKeyResponse, tonic::Status> {
+    loop {
+        match app
+            .keys()
+            .redeem_product_key(req(agent, request.clone()))
+            .await
+        {
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                let delay = s
+                    .get_details_retry_info()
+                    .and_then(|r| r.retry_delay)
+                    .expect("a rate-limited answer names its retry delay");
+                tokio::time::sleep(delay).await;
+            }
+            r => return r.map(|r| r.into_inner()),
+        }
+    }
+}
+
 async fn import_reports_each_key(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let good = sovra_commerce::ProductKey::generate().formatted();
@@ -134,19 +161,42 @@ async fn one_key_is_redeemed_once_by_64_contenders(backend: Backend) {
         }));
     }
     let mut wins = 0;
-    for t in tasks {
+    let mut retry = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
         match t.await.unwrap() {
             Ok(_) => wins += 1,
-            Err(s) => {
-                assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
-                assert_eq!(
+            Err(s) => match s.code() {
+                // Lost: redeemed by another contender already…
+                Code::FailedPrecondition => assert_eq!(
                     s.get_details_error_info().unwrap().reason,
                     "PRODUCT_KEY_ALREADY_REDEEMED"
-                );
-            }
+                ),
+                // …or being redeemed by one right now: told at once, not queued.
+                Code::Aborted => {
+                    assert_eq!(
+                        s.get_details_error_info().unwrap().reason,
+                        "PRODUCT_KEY_BEING_REDEEMED"
+                    );
+                    retry.push(i);
+                }
+                _ => panic!("{s:?}"),
+            },
         }
     }
     assert_eq!(wins, 1);
+    // A retry of an aborted attempt learns the outcome. 64 attempts and up to
+    // 63 retries exceed the partner's burst of 100, so the retries honour the
+    // limit's RetryInfo.
+    for i in retry {
+        let s = redeem_within_limit(
+            &app,
+            &agent,
+            redeem(&partner, &customer, &key, &format!("race-{i}")),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    }
     assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 1);
     assert_eq!(
         app.com_count("SELECT COUNT(*) FROM product_keys WHERE redeemed_at IS NOT NULL")
@@ -181,16 +231,19 @@ async fn a_thousand_keys_by_16_partners_make_a_thousand_subscriptions(backend: B
             tasks.push(tokio::spawn(async move {
                 let mut won = Vec::new();
                 for k in (0..keys.len()).filter(|k| (k + offset) % 16 == p) {
-                    let r = app
-                        .keys()
-                        .redeem_product_key(req(
-                            &agent,
-                            redeem(&partner, &customer, &keys[k], &format!("{p}-{offset}-{k}")),
-                        ))
-                        .await;
+                    // About 125 attempts per partner: more than its burst.
+                    let r = redeem_within_limit(
+                        &app,
+                        &agent,
+                        redeem(&partner, &customer, &keys[k], &format!("{p}-{offset}-{k}")),
+                    )
+                    .await;
                     match r {
-                        Ok(resp) => won.push((k, resp.into_inner().subscription.unwrap().id)),
-                        Err(s) => assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}"),
+                        Ok(resp) => won.push((k, resp.subscription.unwrap().id)),
+                        Err(s) => assert!(
+                            matches!(s.code(), Code::FailedPrecondition | Code::Aborted),
+                            "{s:?}"
+                        ),
                     }
                 }
                 won

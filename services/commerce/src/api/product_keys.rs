@@ -6,6 +6,12 @@
 //! other call), then records the advisor relationship in relationships, then
 //! remembers the answer. A retry by the same caller and request id finds the
 //! key claimed by itself and finishes the rest.
+//!
+//! Losers fail fast rather than queue for the write lock: a key already
+//! redeemed by someone else is refused from a read before any transaction,
+//! and a key another request in this process is redeeming right now is
+//! refused with ABORTED PRODUCT_KEY_BEING_REDEEMED (retry to learn the
+//! outcome). The database's conditional claim still decides the winner.
 
 use sovra_proto::{commerce::v1 as pb, identity::v1 as idpb, relationships::v1 as rpb};
 use sovra_runtime::{
@@ -43,6 +49,13 @@ fn not_found() -> Error {
         "no product key matches; check it was typed as printed",
     )
     .with_violation("product_key", "not found")
+}
+
+fn being_redeemed() -> Error {
+    Error::aborted(
+        "PRODUCT_KEY_BEING_REDEEMED",
+        "another request is redeeming this product key right now; retry to learn the outcome",
+    )
 }
 
 fn already_redeemed() -> Error {
@@ -208,6 +221,19 @@ impl Commerce {
 
         // 1. Claim the key and create its subscription, or find our own claim.
         let hash = key.hash();
+        // Fail fast: a key someone else redeemed, or is redeeming now.
+        match product_keys::get(self.db().read(), &hash).await? {
+            None => return Err(not_found()),
+            Some(k) if k.redeemed_by.as_ref().is_some_and(|by| *by != claimant) => {
+                return Err(already_redeemed())
+            }
+            Some(_) => {}
+        }
+        let _holding = self
+            .inner
+            .redeeming
+            .try_hold(&hash)
+            .ok_or_else(being_redeemed)?;
         let mut tx = self.db().begin().await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));

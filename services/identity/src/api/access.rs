@@ -131,8 +131,16 @@ impl pb::access_service_server::AccessService for Identity {
             action: &action,
             target: format!("delegated_grants/{partner}"),
         });
-        self.commit(tx, &ctx, change, &r.request_id, &idem, &resp)
-            .await?;
+        self.commit_grant(
+            (partner.as_str(), customer.as_str()),
+            tx,
+            &ctx,
+            change,
+            &r.request_id,
+            &idem,
+            &resp,
+        )
+        .await?;
         Ok(Response::new(resp))
     }
 }

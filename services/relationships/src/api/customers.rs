@@ -24,11 +24,21 @@ impl Relationships {
     /// The checks in front of a partner's customer list.
     async fn customer_list_access(&self, ctx: &Ctx, partner: &TenantId) -> Result<(), Error> {
         self.require_feature(Feature::CustomerManagement, Some(partner.as_str()))?;
-        if !ctx.caller.is_operator() {
-            self.require(ctx, partner, idpb::Permission::CustomersRead)
-                .await?;
-        }
-        self.partner(ctx, partner, CUSTOMER_PROGRAMS).await?;
+        // Both identity calls at once; the caller's own refusal goes first,
+        // so a stranger learns nothing about the partner.
+        let allowed = async {
+            if ctx.caller.is_operator() {
+                Ok(())
+            } else {
+                self.require(ctx, partner, idpb::Permission::CustomersRead)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        let (allowed, partner) =
+            tokio::join!(allowed, self.partner(ctx, partner, CUSTOMER_PROGRAMS));
+        allowed?;
+        partner?;
         Ok(())
     }
 }

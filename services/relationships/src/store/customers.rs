@@ -6,7 +6,7 @@ use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row};
 
 use super::corrupt;
 use crate::domain::{
-    search::{branch_bound, key, merge_page, Hit, KeyRange, Page, Position},
+    search::{key, merge_page, Hit, KeyRange, Page, Position},
     states::{DelegatedState, RelationshipKind},
 };
 
@@ -239,13 +239,17 @@ pub async fn page(pool: &AnyPool, q: &CustomerQuery<'_>) -> Result<Page<Customer
     } else {
         KeyRange::prefix(q.query)
     };
-    let names = branch(pool, Branch::Name, &range, q, None).await?;
-    let domains = if all {
+    let (names, domains) = if all {
         // Every customer matches by name: the domain branch would add nothing.
-        Vec::new()
+        (branch(pool, Branch::Name, &range, q).await?, Vec::new())
     } else {
-        let upto = branch_bound(&names, q.limit);
-        branch(pool, Branch::Domain, &range, q, upto).await?
+        // Both branches at once (on PostgreSQL two round trips overlap);
+        // merge_page bounds the page by whichever branch filled up first.
+        let (names, domains) = tokio::join!(
+            branch(pool, Branch::Name, &range, q),
+            branch(pool, Branch::Domain, &range, q)
+        );
+        (names?, domains?)
     };
     Ok(merge_page(names, domains, q.limit))
 }
@@ -255,7 +259,6 @@ async fn branch(
     b: Branch,
     range: &KeyRange,
     q: &CustomerQuery<'_>,
-    upto: Option<Position>,
 ) -> Result<Vec<Hit<CustomerRow>>, Error> {
     let k = if b == Branch::Name {
         "name_key"
@@ -269,19 +272,23 @@ async fn branch(
         Some(RelationshipKind::DelegatedAdmin) => "delegated_state = 'ACTIVE'",
         Some(RelationshipKind::PartnerOfRecord) => "partner_of_record = 1",
     };
-    let (after_key, after_id) = q.after.clone().unwrap_or((range.lo.clone(), String::new()));
+    // One lower bound, (key, id) > the page token's position or ≥ the range's
+    // start, whichever is later: with a single bound on the key column the
+    // planner seeks the index straight to it, so a page costs the same at
+    // any depth (two bounds let SQLite start from the range's start and
+    // skip every earlier page).
+    let start = (range.lo.clone(), String::new());
+    let (from_key, from_id) = match q.after.clone() {
+        Some(after) if after > start => after,
+        _ => start,
+    };
     let mut sql = format!(
         "SELECT {COLUMNS} FROM partner_customers WHERE partner_tenant_id = $1 \
-         AND {k} >= $2 AND {k} < $3 AND {k} >= $4 AND ({k} > $4 OR customer_tenant_id > $5) AND {filter}"
+         AND {k} >= $2 AND {k} < $3 AND ({k} > $2 OR customer_tenant_id > $4) AND {filter}"
     );
     if b == Branch::Domain {
         // Customers whose name matches come from the name branch.
-        sql.push_str(" AND NOT (name_key >= $2 AND name_key < $3)");
-    }
-    if upto.is_some() {
-        sql.push_str(&format!(
-            " AND {k} <= $6 AND ({k} < $6 OR customer_tenant_id <= $7)"
-        ));
+        sql.push_str(" AND NOT (name_key >= $5 AND name_key < $3)");
     }
     sql.push_str(&format!(
         " ORDER BY {k}, customer_tenant_id LIMIT {}",
@@ -289,12 +296,11 @@ async fn branch(
     ));
     let mut query = sqlx::query(&sql)
         .bind(q.partner)
-        .bind(&range.lo)
+        .bind(from_key)
         .bind(&range.hi)
-        .bind(after_key)
-        .bind(after_id);
-    if let Some((uk, uid)) = upto {
-        query = query.bind(uk).bind(uid);
+        .bind(from_id);
+    if b == Branch::Domain {
+        query = query.bind(&range.lo);
     }
     query
         .fetch_all(pool)
