@@ -1,10 +1,20 @@
-//! Calling another Sovra service: lazily connected channels, a cached
-//! service token with the caller's trace, and the identity service as every
-//! other service sees it (access decisions and tenants).
+//! Calling another Sovra service: lazily connected channels (or this
+//! process's own endpoint, when it serves the peer), a cached service token
+//! with the caller's trace, and the identity service as every other service
+//! sees it (access decisions and tenants).
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::{Ipv4Addr, SocketAddr},
+    pin::Pin,
+    sync::Mutex,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use sovra_proto::identity::v1 as idpb;
+use tonic::codegen::http;
 use tonic::{
     metadata::MetadataValue,
     transport::{Channel, Endpoint},
@@ -14,8 +24,9 @@ use tonic_types::StatusExt;
 
 use crate::{
     auth::{Authority, Ctx, Token},
+    server::LocalEndpoint,
     telemetry::{PeerChannel, Tracer},
-    tls::Connector,
+    tls::{Connector, PeerInfo},
     Error,
 };
 
@@ -31,7 +42,77 @@ pub fn peer(
     tracer: Tracer,
     component: &'static str,
 ) -> Result<PeerChannel, tonic::transport::Error> {
-    Ok(PeerChannel::new(channel(url, tls)?, tracer, component))
+    let remote = Transport::Remote(channel(url, tls)?);
+    Ok(PeerChannel::new(remote, tracer, component))
+}
+
+/// `component`'s channel to a peer served by this process: its calls go
+/// straight into `endpoint` (see [`LocalEndpoint`]), as `component` of
+/// `instance` the way its client certificate would name it, and are traced
+/// like any other.
+pub fn local_peer(
+    endpoint: LocalEndpoint,
+    instance: &str,
+    tracer: Tracer,
+    component: &'static str,
+) -> PeerChannel {
+    let caller = PeerInfo {
+        remote: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        spiffe: Some(format!("spiffe://{instance}/{component}")),
+    };
+    PeerChannel::new(Transport::Local { endpoint, caller }, tracer, component)
+}
+
+/// Where a peer's calls go.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Over the network to another process.
+    Remote(Channel),
+    /// Into this process's own endpoint. `caller` is what a verified client
+    /// certificate would have told the peer; nothing outside the process can
+    /// put it on a request (request extensions do not travel).
+    Local {
+        endpoint: LocalEndpoint,
+        caller: PeerInfo,
+    },
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Transport {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Transport::Remote(c) => {
+                tower_service::Service::poll_ready(c, cx).map_err(BoxError::from)
+            }
+            Transport::Local { .. } => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        match self {
+            Transport::Remote(c) => {
+                let call = tower_service::Service::call(c, req);
+                Box::pin(async move { call.await.map_err(BoxError::from) })
+            }
+            Transport::Local { endpoint, caller } => {
+                let Some(mut routes) = endpoint.routes() else {
+                    // Only before the process has finished starting.
+                    return Box::pin(async {
+                        Err(BoxError::from("this process is not serving yet"))
+                    });
+                };
+                req.extensions_mut().insert(caller.clone());
+                let call = tower_service::Service::call(&mut routes, req);
+                Box::pin(async move { call.await.map_err(|e: Infallible| match e {}) })
+            }
+        }
+    }
 }
 
 /// A lazily connected channel to another Sovra service at `url`; over

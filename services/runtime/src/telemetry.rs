@@ -272,7 +272,7 @@ impl<S> Traced<S> {
 }
 
 /// A peer channel whose calls are client spans.
-pub type PeerChannel = Traced<Channel>;
+pub type PeerChannel = Traced<crate::peers::Transport>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 

@@ -174,41 +174,45 @@ impl App {
         } else {
             None
         };
-        // Listening on every address: call ourselves on loopback.
-        let mut own_addr = endpoint.addr();
-        if own_addr.ip().is_unspecified() {
-            own_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        let own = match &tls {
-            Some(_) => format!("https://{own_addr}"),
-            None => format!("http://{own_addr}"),
-        };
-        // A peer is this process's own endpoint when it serves it, else its configured URL.
-        let peer = |key: &str, url: &str, here: bool| -> anyhow::Result<String> {
+        // A peer this process serves is called in-process (its own
+        // endpoint's routes, no connection); any other at its configured URL,
+        // each service with its own certificate.
+        let local = set.local.clone();
+        let instance = settings.instance.name.clone();
+        let channel = |key: &str, url: &str, here: bool, me: &'static str| {
             match (url, here) {
-                ("", true) => Ok(own.clone()),
-                ("", false) => anyhow::bail!(
-                    "invalid configuration: {key}: must be set when that service is not served by this process"
-                ),
-                (url, _) => Ok(url.to_owned()),
+            ("", true) => Ok(sovra_runtime::peers::local_peer(
+                local.clone(),
+                &instance,
+                tracer.clone(),
+                me,
+            )),
+            ("", false) => anyhow::bail!(
+                "invalid configuration: {key}: must be set when that service is not served by this process"
+            ),
+            (url, _) => {
+                let connector = tls.as_ref().map(|t| Connector::new(t.clone(), me));
+                sovra_runtime::peers::peer(url, connector, tracer.clone(), me)
+                    .with_context(|| format!("invalid configuration: {key}: `{url}`"))
             }
-        };
-        // Each service calls its peers with its own certificate.
-        let channel = |key: &str, url: &str, me: &'static str| {
-            let connector = tls.as_ref().map(|t| Connector::new(t.clone(), me));
-            sovra_runtime::peers::peer(url, connector, tracer.clone(), me)
-                .with_context(|| format!("invalid configuration: {key}: `{url}`"))
+        }
         };
         let relationships = if services.relationships {
             let rel = &settings.relationships;
-            let identity_url = peer(
+            let identity = channel(
                 "relationships.identity_url",
                 &rel.identity_url,
                 services.identity,
+                "relationships",
             )?;
-            let push_url = match rel.grant_push_url.as_str() {
-                "" => identity_url.clone(),
-                url => url.to_owned(),
+            let push = match rel.grant_push_url.as_str() {
+                "" => identity.clone(),
+                url => channel(
+                    "relationships.grant_push_url",
+                    url,
+                    services.identity,
+                    "relationships",
+                )?,
             };
             let db = sovra_relationships::open_database(settings).await?;
             let relationships = sovra_relationships::build(
@@ -216,8 +220,8 @@ impl App {
                 db,
                 authority.clone(),
                 clock.clone(),
-                channel("relationships.identity_url", &identity_url, "relationships")?,
-                channel("relationships.grant_push_url", &push_url, "relationships")?,
+                identity,
+                push,
             );
             relationships.register(&mut set, &auth);
             Some(relationships)
@@ -226,11 +230,17 @@ impl App {
         };
         let commerce = if services.commerce {
             let c = &settings.commerce;
-            let identity_url = peer("commerce.identity_url", &c.identity_url, services.identity)?;
-            let rel_url = peer(
+            let identity = channel(
+                "commerce.identity_url",
+                &c.identity_url,
+                services.identity,
+                "commerce",
+            )?;
+            let relationships = channel(
                 "commerce.relationships_url",
                 &c.relationships_url,
                 services.relationships,
+                "commerce",
             )?;
             let db = sovra_commerce::open_database(settings).await?;
             let commerce = sovra_commerce::build(
@@ -238,8 +248,8 @@ impl App {
                 db,
                 authority.clone(),
                 clock,
-                channel("commerce.identity_url", &identity_url, "commerce")?,
-                channel("commerce.relationships_url", &rel_url, "commerce")?,
+                identity,
+                relationships,
             );
             commerce.register(&mut set, &auth);
             Some(commerce)
@@ -318,6 +328,8 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
+        // Routes first: background jobs (the grant outbox) call siblings.
+        let set = self.set.finish().await;
         let mut background = Vec::new();
         let mut collectors = Vec::new();
         if let Some(s) = &self.identity {
@@ -344,7 +356,7 @@ impl App {
         if let Some(commerce) = &self.commerce {
             background.extend(commerce.spawn_background(&self.settings));
         }
-        let result = self.endpoint.serve(self.set, self.tls, shutdown).await;
+        let result = self.endpoint.serve(set, self.tls, shutdown).await;
         for task in background {
             task.abort();
         }

@@ -186,6 +186,89 @@ async fn two_instances_side_by_side_share_nothing() {
     assert_eq!(china.com_count("SELECT COUNT(*) FROM redemptions").await, 0);
 }
 
+/// `sovra up` calls its own services in-process; split across processes
+/// (as `sovra serve` runs them), the same calls go over mutual TLS, each
+/// service presenting its own certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_services_call_each_other_over_mutual_tls() {
+    let dir = TempDir::new("split-tls");
+    let db = TestDb::new(Backend::Sqlite).await;
+    let keyring = Arc::new(Keyring::generate());
+    let tls = tls_overrides(dir.path(), "global");
+    let identity = TestApp::start_services(
+        &settings_with("global", &db, tls.clone()),
+        keyring.clone(),
+        sovra::Services::one("identity").unwrap(),
+    )
+    .await
+    .unwrap();
+    let identity_url = format!("https://{}", identity.addr);
+    let mut more = tls;
+    more.push(("relationships.identity_url".into(), identity_url.clone()));
+    more.push(("commerce.identity_url".into(), identity_url));
+    // Relationships and commerce share a process: commerce reaches
+    // relationships in-process and identity over the network.
+    let mut rest = TestApp::start_services(
+        &settings_with("global", &db, more),
+        keyring,
+        sovra::Services {
+            identity: false,
+            relationships: true,
+            commerce: true,
+        },
+    )
+    .await
+    .unwrap();
+    rest.keep(db);
+
+    // A sign-up with delegated admin: commerce → identity (CreateTenant, a
+    // service-only call), commerce → relationships → identity (the grant).
+    let partner = identity.partner("Contoso", ADVISOR).await;
+    let agent = identity.agent(&partner).await;
+    let code = rest
+        .trial_code(&agent, &partner, "office-business", true)
+        .await;
+    let (choice, _) = new_customer("Fabrikam");
+    let redemption = rest
+        .trials()
+        .redeem_trial_invitation(Request::new(com::RedeemTrialInvitationRequest {
+            request_id: "signup-split".into(),
+            code,
+            customer: Some(choice),
+            accept_delegated_admin: true,
+            reassign: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .redemption
+        .unwrap();
+    assert_eq!(
+        rest.rel_count("SELECT COUNT(*) FROM delegated_admin_relationships WHERE state = 'ACTIVE'")
+            .await,
+        1
+    );
+    // The grant reached identity over mTLS: the partner's FULL agent may
+    // act in the new customer, by delegation.
+    let customer = Tenant {
+        id: redemption.customer_tenant_id,
+        domain: String::new(),
+        admin_id: redemption.admin_user_id,
+        admin_token: String::new(),
+    };
+    assert!(
+        identity
+            .await_access(
+                &agent,
+                &customer,
+                Permission::SubscriptionsManage,
+                true,
+                std::time::Duration::from_secs(5)
+            )
+            .await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_only_calls_accept_only_the_right_peer() {
     let (app, _tls) = instance("global").await;
