@@ -79,11 +79,23 @@ pub struct RunArgs {
     /// Skip SQLite (PostgreSQL only, with --postgres).
     #[arg(long)]
     no_sqlite: bool,
+    /// Fixed-rate comparisons (figures 1b, 1c and 2) run this many times,
+    /// alternating, and are read at the median p99.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
 }
 
 impl RunArgs {
     fn wants(&self, figure: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|f| f == figure)
+    }
+
+    /// " (run r of n)" when runs repeat.
+    fn run_tag(&self, r: u32) -> String {
+        match self.repeats {
+            1 => String::new(),
+            n => format!(" (run {r} of {n})"),
+        }
     }
 
     fn spec(&self, rate: Option<f64>) -> load::Spec {

@@ -206,6 +206,59 @@ async fn one_key_is_redeemed_once_by_64_contenders(backend: Backend) {
 }
 backend_test!(one_key_is_redeemed_once_by_64_contenders);
 
+async fn a_second_key_for_a_customer_leaves_its_relationship_row_alone(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let partner = app.partner("Keyholder", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let customer = app.tenant(TenantKind::Customer, "Repeat Buyer").await;
+    let keys = app.import_keys("office-business", 5, 2).await;
+    let row = || async {
+        app.customers()
+            .get_customer(req(
+                &agent,
+                rel::GetCustomerRequest {
+                    partner_tenant_id: partner.id.clone(),
+                    customer_tenant_id: customer.id.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .customer
+            .unwrap()
+    };
+    for (i, key) in keys.iter().enumerate() {
+        app.keys()
+            .redeem_product_key(req(
+                &agent,
+                redeem(&partner, &customer, key, &format!("repeat-{i}")),
+            ))
+            .await
+            .unwrap();
+        if i == 0 {
+            app.clock.advance(std::time::Duration::from_secs(600));
+        }
+    }
+    // The first key made the partner advisor and partner of record; the
+    // second, ten minutes later, had nothing to change there.
+    let after = row().await;
+    assert!(after.partner_of_record);
+    assert!(after
+        .relationships
+        .contains(&(rel::RelationshipKind::Advisor as i32)));
+    assert_eq!(after.update_time, after.create_time);
+    assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 2);
+    // Both redemptions are in the customer's audit trail all the same.
+    assert_eq!(
+        app.rel_count(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'relationships.advisor.record'"
+        )
+        .await,
+        2
+    );
+}
+backend_test!(a_second_key_for_a_customer_leaves_its_relationship_row_alone);
+
 async fn a_thousand_keys_by_16_partners_make_a_thousand_subscriptions(backend: Backend) {
     let app = Arc::new(TestApp::spawn(backend).await);
     let customer = app.tenant(TenantKind::Customer, "Big Buyer").await;

@@ -58,23 +58,36 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
             return Ok(Response::new(prev));
         }
         let now = self.now();
-        customers::touch(
-            &mut tx,
-            partner.as_str(),
-            customer.as_str(),
-            &c.display_name,
-            &c.primary_domain,
-            now,
-        )
-        .await?;
-        customers::set_advisor(
-            &mut tx,
-            partner.as_str(),
-            customer.as_str(),
-            r.partner_of_record,
-            now,
-        )
-        .await?;
+        // A partner already on record as this customer's advisor (a second
+        // key or offer for the same customer) changes nothing in the row, so
+        // it does not write it: concurrent redemptions for one customer do
+        // not queue on its row lock.
+        let held = customers::get(&mut *tx, partner.as_str(), customer.as_str()).await?;
+        let recorded = held.is_some_and(|h| {
+            h.advisor
+                && (h.partner_of_record || !r.partner_of_record)
+                && h.display_name == c.display_name
+                && h.primary_domain == c.primary_domain
+        });
+        if !recorded {
+            customers::touch(
+                &mut tx,
+                partner.as_str(),
+                customer.as_str(),
+                &c.display_name,
+                &c.primary_domain,
+                now,
+            )
+            .await?;
+            customers::set_advisor(
+                &mut tx,
+                partner.as_str(),
+                customer.as_str(),
+                r.partner_of_record,
+                now,
+            )
+            .await?;
+        }
         let mut resp = pb::RecordAdvisorRelationshipResponse::default();
         let mut grants = Vec::new();
         match change {
