@@ -154,7 +154,7 @@ impl App {
             tracer: tracer.clone(),
             ..ServiceSet::default()
         };
-        // Bound first, so services in this process can call each other on it.
+        // Bound before the databases open: a taken port fails fast.
         let endpoint = Endpoint::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
