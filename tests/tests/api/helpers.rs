@@ -732,6 +732,32 @@ impl TestApp {
         com::notification_service_client::NotificationServiceClient::new(self.channel.clone())
     }
 
+    /// A new customer `name` signing up through trial `code` with delegated
+    /// admin accepted; returns the redemption and the first admin's UPN.
+    pub async fn sign_up(
+        &self,
+        code: &str,
+        name: &str,
+        request_id: &str,
+    ) -> (com::Redemption, String) {
+        let (choice, upn) = new_customer(name);
+        let redemption = self
+            .trials()
+            .redeem_trial_invitation(Request::new(com::RedeemTrialInvitationRequest {
+                request_id: request_id.into(),
+                code: code.into(),
+                customer: Some(choice),
+                accept_delegated_admin: true,
+                reassign: false,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .redemption
+            .unwrap();
+        (redemption, upn)
+    }
+
     /// A trial invitation for `product` by `token` of `partner`; returns its code.
     pub async fn trial_code(
         &self,

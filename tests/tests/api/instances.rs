@@ -228,21 +228,7 @@ async fn split_services_call_each_other_over_mutual_tls() {
     let code = rest
         .trial_code(&agent, &partner, "office-business", true)
         .await;
-    let (choice, _) = new_customer("Fabrikam");
-    let redemption = rest
-        .trials()
-        .redeem_trial_invitation(Request::new(com::RedeemTrialInvitationRequest {
-            request_id: "signup-split".into(),
-            code,
-            customer: Some(choice),
-            accept_delegated_admin: true,
-            reassign: false,
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .redemption
-        .unwrap();
+    let (redemption, _) = rest.sign_up(&code, "Fabrikam", "signup-split").await;
     assert_eq!(
         rest.rel_count("SELECT COUNT(*) FROM delegated_admin_relationships WHERE state = 'ACTIVE'")
             .await,

@@ -1,8 +1,6 @@
 //! One partner journey that touches every service and business counter,
 //! shared by the logs test and the Prometheus test.
 
-use tonic::Request;
-
 use crate::helpers::*;
 
 /// What a journey used that must never be logged.
@@ -36,21 +34,7 @@ pub async fn journey(app: &TestApp) -> Journey {
     let code = app
         .trial_code(&agent, &partner, "office-business", true)
         .await;
-    let (choice, upn) = new_customer("Fabrikam");
-    let redemption = app
-        .trials()
-        .redeem_trial_invitation(Request::new(com::RedeemTrialInvitationRequest {
-            request_id: "signup".into(),
-            code: code.clone(),
-            customer: Some(choice),
-            accept_delegated_admin: true,
-            reassign: false,
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .redemption
-        .unwrap();
+    let (redemption, upn) = app.sign_up(&code, "Fabrikam", "signup").await;
     let customer_token = app.sign_in(&upn, PASSWORD).await;
     let key = app.import_keys("office-business", 5, 1).await.remove(0);
     app.keys()

@@ -190,21 +190,7 @@ async fn one_link_redemption_is_one_trace_across_the_three_services(backend: Bac
 
     // The redemption: commerce → relationships → identity, and commerce →
     // identity (the tenant), with delegated admin granted on the way.
-    let (choice, upn) = new_customer("Fabrikam");
-    let redemption = commerce
-        .trials()
-        .redeem_trial_invitation(Request::new(com::RedeemTrialInvitationRequest {
-            request_id: "signup".into(),
-            code: code.clone(),
-            customer: Some(choice),
-            accept_delegated_admin: true,
-            reassign: false,
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .redemption
-        .unwrap();
+    let (redemption, upn) = commerce.sign_up(&code, "Fabrikam", "signup").await;
     flush(&apps).await;
     let spans = collector.spans.lock().unwrap().clone();
 
