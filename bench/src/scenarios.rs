@@ -250,6 +250,30 @@ struct Scene<'a> {
     w: &'a World,
 }
 
+impl Scene<'_> {
+    /// The admin's CheckAccess in its own partner tenant, under `spec`.
+    async fn own_role(&self, spec: load::Spec) -> Outcome {
+        let w = self.w;
+        let basis = pb::AccessBasis::OwnRole;
+        check_access(spec, self.ch, self.up.pid(), &w.admin, &w.partner, basis).await
+    }
+
+    /// The agent's CheckAccess in its customer, by delegation, under `spec`.
+    async fn delegated(&self, spec: load::Spec) -> Outcome {
+        let w = self.w;
+        let basis = pb::AccessBasis::DelegatedFull;
+        check_access(
+            spec,
+            self.ch,
+            self.up.pid(),
+            &w.agent,
+            &w.customer.id,
+            basis,
+        )
+        .await
+    }
+}
+
 /// Every scenario on one backend; returns own-role CheckAccess throughput.
 async fn on_backend(
     args: &RunArgs,
@@ -347,41 +371,18 @@ async fn on_backend(
 /// Figure 1: CheckAccess against B0, own role and delegated.
 /// Returns the own-role and the delegated maximum rates.
 async fn figure_1(s: &Scene<'_>, report: &mut Report, b0: &B0) -> (f64, f64) {
-    let Scene {
-        args,
-        label,
-        up,
-        ch,
-        w,
-        ..
-    } = *s;
+    let Scene { args, label, .. } = *s;
     let max = args.spec(None);
     let half = b0.max.throughput() / 2.0;
     let own = report.run(
         "CheckAccess own role, max rate",
         label,
-        check_access(
-            max,
-            ch,
-            up.pid(),
-            &w.admin,
-            &w.partner,
-            pb::AccessBasis::OwnRole,
-        )
-        .await,
+        s.own_role(max).await,
     );
     let delegated = report.run(
         "CheckAccess delegated, max rate",
         label,
-        check_access(
-            max,
-            ch,
-            up.pid(),
-            &w.agent,
-            &w.customer.id,
-            pb::AccessBasis::DelegatedFull,
-        )
-        .await,
+        s.delegated(max).await,
     );
     // At half of B0's maximum: B0, own role and delegated in turn.
     let (mut b0_half, mut own_half, mut delegated_half) = (
@@ -397,36 +398,16 @@ async fn figure_1(s: &Scene<'_>, report: &mut Report, b0: &B0) -> (f64, f64) {
             "—",
             base_load(spec, &b0.proc, &b0.ch).await,
         ));
-        own_half.push(
-            report.run(
-                &format!("CheckAccess own role at {half:.0}/s{tag}"),
-                label,
-                check_access(
-                    spec,
-                    ch,
-                    up.pid(),
-                    &w.admin,
-                    &w.partner,
-                    pb::AccessBasis::OwnRole,
-                )
-                .await,
-            ),
-        );
-        delegated_half.push(
-            report.run(
-                &format!("CheckAccess delegated at {half:.0}/s{tag}"),
-                label,
-                check_access(
-                    spec,
-                    ch,
-                    up.pid(),
-                    &w.agent,
-                    &w.customer.id,
-                    pb::AccessBasis::DelegatedFull,
-                )
-                .await,
-            ),
-        );
+        own_half.push(report.run(
+            &format!("CheckAccess own role at {half:.0}/s{tag}"),
+            label,
+            s.own_role(spec).await,
+        ));
+        delegated_half.push(report.run(
+            &format!("CheckAccess delegated at {half:.0}/s{tag}"),
+            label,
+            s.delegated(spec).await,
+        ));
     }
     throughput_figure(
         report,
@@ -478,25 +459,15 @@ async fn figure_2(
     let Scene {
         args,
         label,
-        up,
-        ch,
         ch0,
         operator,
         w,
+        ..
     } = *s;
     // Half of the delegated path's own maximum: a rate it keeps up with.
     let max = match delegated_max {
         Some(m) => m,
-        None => check_access(
-            args.spec(None),
-            ch,
-            up.pid(),
-            &w.agent,
-            &w.customer.id,
-            pb::AccessBasis::DelegatedFull,
-        )
-        .await
-        .throughput(),
+        None => s.delegated(args.spec(None)).await.throughput(),
     };
     let rate = (max / 2.0).max(10.0);
     let spec = args.spec(Some(rate));
@@ -533,16 +504,7 @@ async fn figure_2(
             args.run_tag(r)
         )
     };
-    let load = || {
-        check_access(
-            spec,
-            ch,
-            up.pid(),
-            &w.agent,
-            &w.customer.id,
-            pb::AccessBasis::DelegatedFull,
-        )
-    };
+    let load = || s.delegated(spec);
     for r in 1..=args.repeats {
         read_only.push(report.run(&delegated("read-only", r), label, load().await));
         churning.store(true, Ordering::Relaxed);
