@@ -2,13 +2,60 @@
 //! one SQL dialect for both (`$1` parameters, TEXT/BIGINT columns), per-service
 //! migrations, and the instance stamp every database carries.
 
-use std::time::Duration;
+use std::{
+    ops::{Deref, DerefMut},
+    sync::Arc,
+    time::Duration,
+};
 
-use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
+use sqlx::{any::AnyPoolOptions, AnyConnection, AnyPool, Executor};
 
-use crate::error::Error;
+use crate::{
+    error::Error,
+    group_commit::{GroupTx, Writer},
+};
 
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A write transaction: `&mut *tx` is its connection; dropped without
+/// `commit` it rolls back. On SQLite it is a savepoint in a shared group
+/// commit ([`crate::group_commit`]); on PostgreSQL a plain transaction.
+#[derive(Debug)]
+pub struct Tx(TxKind);
+
+#[derive(Debug)]
+enum TxKind {
+    Plain(sqlx::Transaction<'static, sqlx::Any>),
+    Grouped(GroupTx),
+}
+
+impl Tx {
+    /// Commits; `Ok` means the writes are durable.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            TxKind::Plain(tx) => tx.commit().await,
+            TxKind::Grouped(tx) => tx.commit().await,
+        }
+    }
+}
+
+impl Deref for Tx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        match &self.0 {
+            TxKind::Plain(tx) => tx,
+            TxKind::Grouped(tx) => tx,
+        }
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.0 {
+            TxKind::Plain(tx) => tx,
+            TxKind::Grouped(tx) => tx,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -33,11 +80,13 @@ const RUNTIME_MIGRATIONS: &[Migration] = &[Migration {
 
 /// A service's database: a read pool and a write pool. On SQLite the write
 /// pool has one connection, so writers queue in-process instead of failing
-/// with SQLITE_BUSY; on PostgreSQL both are the same pool.
+/// with SQLITE_BUSY, and transactions commit in groups through `writer`;
+/// on PostgreSQL both pools are the same pool.
 #[derive(Debug, Clone)]
 pub struct Db {
     read: AnyPool,
     write: AnyPool,
+    writer: Option<Arc<Writer>>,
     backend: Backend,
 }
 
@@ -114,6 +163,7 @@ impl Db {
                     .map_err(connect_err)?;
                 Ok(Db {
                     read,
+                    writer: Some(Writer::start(write.clone())),
                     write,
                     backend,
                 })
@@ -127,6 +177,7 @@ impl Db {
                 Ok(Db {
                     read: pool.clone(),
                     write: pool,
+                    writer: None,
                     backend,
                 })
             }
@@ -253,7 +304,6 @@ impl Db {
         result
     }
 
-    /// The pool for reads.
     /// Connections open and in use, per pool, for the metrics endpoint.
     pub fn pool_gauges(&self, service: &'static str) -> Vec<crate::metrics::Gauge> {
         use crate::metrics::Gauge;
@@ -262,6 +312,21 @@ impl Db {
             pools.push(("write", &self.write));
         }
         let mut out = Vec::new();
+        if let Some((groups, transactions)) = self.commit_groups() {
+            let l = [("service", service)];
+            out.push(Gauge::new(
+                "sovra_db_commit_groups",
+                "SQLite group commits (one fsync each) since start, by service",
+                &l,
+                groups as f64,
+            ));
+            out.push(Gauge::new(
+                "sovra_db_grouped_transactions",
+                "SQLite write transactions committed in those groups since start, by service",
+                &l,
+                transactions as f64,
+            ));
+        }
         for (pool, p) in pools {
             let (size, idle) = (p.size() as f64, p.num_idle() as f64);
             let l = [("service", service), ("pool", pool)];
@@ -281,6 +346,12 @@ impl Db {
         out
     }
 
+    /// SQLite's group commits and the transactions they held, since start.
+    pub(crate) fn commit_groups(&self) -> Option<(u64, u64)> {
+        self.writer.as_ref().map(|w| w.stats())
+    }
+
+    /// The pool for reads.
     pub fn read(&self) -> &AnyPool {
         &self.read
     }
@@ -292,7 +363,10 @@ impl Db {
 
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, Error> {
-        Ok(self.write.begin().await?)
+        Ok(Tx(match &self.writer {
+            Some(w) => TxKind::Grouped(w.begin().await?),
+            None => TxKind::Plain(self.write.begin().await?),
+        }))
     }
 
     pub fn backend(&self) -> Backend {

@@ -11,6 +11,7 @@ pub mod db;
 mod enums;
 pub mod error;
 pub mod features;
+pub mod group_commit;
 pub mod idempotency;
 pub mod ids;
 pub mod links;

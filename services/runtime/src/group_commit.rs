@@ -1,0 +1,378 @@
+//! Group commit for SQLite's single writer: concurrent write transactions
+//! share one real transaction and one fsync, each inside its own savepoint.
+//!
+//! SQLite has one writer per database, and with `synchronous=FULL` every
+//! COMMIT waits for an fsync, so a service's write throughput used to be one
+//! fsync per transaction. Here a transaction is a SAVEPOINT inside a shared
+//! `BEGIN IMMEDIATE`: committing it releases the savepoint and waits until a
+//! committer task has committed the group it joined. The committer queues
+//! for the writer behind every transaction already waiting (tokio's mutex is
+//! fair), so whoever was waiting joins the group and the group commits as
+//! soon as they are done: one fsync for all of them, and no added wait when
+//! there is no one else.
+//!
+//! What each caller sees is unchanged: `commit()` returns once its writes
+//! are durable, or fails if they are not (a failed group COMMIT fails every
+//! member; none of them was acknowledged). A transaction dropped without
+//! committing is rolled back to its savepoint before anyone else writes, so
+//! its writes never reach the group. PostgreSQL groups concurrent commits
+//! itself and does not use this.
+
+use std::{
+    ops::{Deref, DerefMut},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Weak,
+    },
+};
+
+use sqlx::{pool::PoolConnection, Any, AnyConnection, AnyPool, Executor};
+use tokio::sync::{watch, Mutex, Notify, OwnedMappedMutexGuard, OwnedMutexGuard};
+
+/// A group's outcome: `None` until its COMMIT (or ROLLBACK) is done.
+type Outcome = Option<Result<(), Arc<str>>>;
+
+/// The transaction every open savepoint belongs to, on the writer's one
+/// connection (taken from the write pool while the group is open, so that
+/// single statements on the pool wait for the group, not the other way).
+struct OpenGroup {
+    conn: PoolConnection<Any>,
+    /// Savepoints released into the group, waiting for its COMMIT.
+    members: usize,
+    /// The last holder dropped its transaction without committing: its
+    /// savepoint is still open and is rolled back before the next use.
+    abandoned: bool,
+    outcome: watch::Sender<Outcome>,
+}
+
+/// One database's writer: the write pool and the group being filled.
+pub(crate) struct Writer {
+    pool: AnyPool,
+    group: Arc<Mutex<Option<OpenGroup>>>,
+    kick: Arc<Notify>,
+    stats: Arc<Stats>,
+}
+
+/// Counts since start, for the metrics endpoint: their ratio is the mean
+/// group size.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub groups: AtomicU64,
+    pub transactions: AtomicU64,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Wakes the committer so it sees the writer gone and ends.
+        self.kick.notify_one();
+    }
+}
+
+const ROLLBACK_SAVEPOINT: &str = "ROLLBACK TO sovra_tx; RELEASE sovra_tx";
+
+impl Writer {
+    /// A writer over `pool` (one connection), with its committer task.
+    pub(crate) fn start(pool: AnyPool) -> Arc<Writer> {
+        let writer = Arc::new(Writer {
+            pool,
+            group: Arc::new(Mutex::new(None)),
+            kick: Arc::new(Notify::new()),
+            stats: Arc::default(),
+        });
+        tokio::spawn(commit_groups(
+            Arc::downgrade(&writer),
+            writer.kick.clone(),
+            writer.stats.clone(),
+        ));
+        writer
+    }
+
+    /// Groups committed and the transactions they held, since start.
+    pub(crate) fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.groups.load(Ordering::Relaxed),
+            self.stats.transactions.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Opens a savepoint in the current group, opening a group if none is.
+    pub(crate) async fn begin(self: &Arc<Self>) -> Result<GroupTx, sqlx::Error> {
+        let mut slot = self.group.clone().lock_owned().await;
+        undo_abandoned(&mut slot).await;
+        if slot.is_none() {
+            let mut conn = self.pool.acquire().await?;
+            conn.execute("BEGIN IMMEDIATE").await?;
+            *slot = Some(OpenGroup {
+                conn,
+                members: 0,
+                abandoned: false,
+                outcome: watch::channel(None).0,
+            });
+        }
+        let mut open = OwnedMutexGuard::try_map(slot, |s| s.as_mut())
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        if let Err(e) = open.conn.execute("SAVEPOINT sovra_tx").await {
+            // The group can't take a savepoint: it is in no state to go on.
+            drop(open);
+            self.fail_group(&e.to_string()).await;
+            return Err(e);
+        }
+        Ok(GroupTx {
+            open,
+            released: false,
+            kick: self.kick.clone(),
+        })
+    }
+
+    /// Rolls the open group back and tells its members it failed.
+    async fn fail_group(&self, why: &str) {
+        let mut slot = self.group.lock().await;
+        if let Some(mut open) = slot.take() {
+            let _ = open.conn.execute("ROLLBACK").await;
+            open.outcome.send_replace(Some(Err(why.into())));
+        }
+    }
+}
+
+/// Rolls back the savepoint a dropped transaction left open. If that fails
+/// the whole group is rolled back and its members told (none of them was
+/// acknowledged yet).
+async fn undo_abandoned(slot: &mut Option<OpenGroup>) {
+    let Some(open) = slot.as_mut().filter(|o| o.abandoned) else {
+        return;
+    };
+    match open.conn.execute(ROLLBACK_SAVEPOINT).await {
+        Ok(_) => open.abandoned = false,
+        Err(e) => {
+            if let Some(mut open) = slot.take() {
+                let _ = open.conn.execute("ROLLBACK").await;
+                tracing::error!(error = %e, "group commit: rolling back a dropped transaction failed; the group is rolled back");
+                open.outcome
+                    .send_replace(Some(Err("the transaction group was rolled back".into())));
+            }
+        }
+    }
+}
+
+/// The committer: each kick queues for the writer behind everyone already
+/// waiting, then commits whatever group is open.
+async fn commit_groups(writer: Weak<Writer>, kick: Arc<Notify>, stats: Arc<Stats>) {
+    loop {
+        kick.notified().await;
+        let Some(group) = writer.upgrade().map(|w| w.group.clone()) else {
+            return;
+        };
+        let mut slot = group.lock().await;
+        undo_abandoned(&mut slot).await;
+        let Some(mut open) = slot.take() else {
+            continue;
+        };
+        let end = if open.members == 0 { "ROLLBACK" } else { "COMMIT" };
+        let outcome = match open.conn.execute(end).await {
+            Ok(_) => {
+                if open.members > 0 {
+                    stats.groups.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .transactions
+                        .fetch_add(open.members as u64, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, members = open.members, "group commit failed");
+                let _ = open.conn.execute("ROLLBACK").await;
+                Err(Arc::from("the group's commit failed"))
+            }
+        };
+        open.outcome.send_replace(Some(outcome));
+        // The connection goes back to the pool with the guard released.
+        drop(slot);
+    }
+}
+
+/// A write transaction inside a group: a savepoint on the writer's
+/// connection, held exclusively until committed or dropped.
+pub struct GroupTx {
+    open: OwnedMappedMutexGuard<Option<OpenGroup>, OpenGroup>,
+    released: bool,
+    kick: Arc<Notify>,
+}
+
+impl std::fmt::Debug for GroupTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupTx").finish_non_exhaustive()
+    }
+}
+
+impl GroupTx {
+    /// Releases the savepoint into the group and waits for the group's
+    /// COMMIT: `Ok` means these writes are durable.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.open.conn.execute("RELEASE sovra_tx").await?;
+        self.released = true;
+        self.open.members += 1;
+        let mut outcome = self.open.outcome.subscribe();
+        // Hands the writer to the next transaction and kicks the committer.
+        drop(self);
+        let done = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        match done.as_ref() {
+            Some(Err(why)) => Err(sqlx::Error::Protocol(why.to_string())),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for GroupTx {
+    fn drop(&mut self) {
+        if !self.released {
+            self.open.abandoned = true;
+        }
+        self.kick.notify_one();
+    }
+}
+
+impl Deref for GroupTx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.open.conn
+    }
+}
+
+impl DerefMut for GroupTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.open.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::db::Db;
+
+    async fn scratch() -> (Db, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sovra-group-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
+        let db = Db::connect("test", &url, 4).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("CREATE TABLE t (id BIGINT PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (db, dir)
+    }
+
+    async fn ids(db: &Db) -> Vec<i64> {
+        sqlx::query_as::<_, (i64,)>("SELECT id FROM t ORDER BY id")
+            .fetch_all(db.read())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.0)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_transactions_share_commits_and_dropped_ones_leave_nothing() {
+        let (db, dir) = scratch().await;
+        let tasks: Vec<_> = (0..200i64)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let mut tx = db.begin().await.unwrap();
+                    sqlx::query("INSERT INTO t (id) VALUES ($1)")
+                        .bind(i)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    if i % 2 == 0 {
+                        tx.commit().await.unwrap();
+                        // Acknowledged means readable by everyone else.
+                        let seen: Option<(i64,)> = sqlx::query_as("SELECT id FROM t WHERE id = $1")
+                            .bind(i)
+                            .fetch_optional(db.read())
+                            .await
+                            .unwrap();
+                        assert_eq!(seen, Some((i,)), "{i} committed but not visible");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let expected: Vec<i64> = (0..200).filter(|i| i % 2 == 0).collect();
+        assert_eq!(ids(&db).await, expected);
+        let (groups, transactions) = db.commit_groups().unwrap();
+        assert_eq!(transactions, 101, "the table's creation and 100 inserts");
+        assert!(
+            groups < transactions,
+            "200 concurrent writers should share commits: {groups} groups for {transactions}"
+        );
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_failed_statement_fails_only_its_own_transaction() {
+        let (db, dir) = scratch().await;
+        let mut first = db.begin().await.unwrap();
+        sqlx::query("INSERT INTO t (id) VALUES (1)")
+            .execute(&mut *first)
+            .await
+            .unwrap();
+        // Released into the group, not yet committed: the duplicate below
+        // fails, and its transaction is dropped, inside the same group.
+        let committing = tokio::spawn(first.commit());
+        let mut second = db.begin().await.unwrap();
+        let dup = sqlx::query("INSERT INTO t (id) VALUES (1)")
+            .execute(&mut *second)
+            .await;
+        assert!(dup.is_err(), "a duplicate key must fail");
+        drop(second);
+        let mut third = db.begin().await.unwrap();
+        sqlx::query("INSERT INTO t (id) VALUES (3)")
+            .execute(&mut *third)
+            .await
+            .unwrap();
+        third.commit().await.unwrap();
+        committing.await.unwrap().unwrap();
+        assert_eq!(ids(&db).await, vec![1, 3]);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn writes_on_the_write_pool_wait_for_the_open_group() {
+        let (db, dir) = scratch().await;
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("INSERT INTO t (id) VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let single = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                sqlx::query("INSERT INTO t (id) VALUES (2)")
+                    .execute(db.write())
+                    .await
+                    .map(|_| ())
+            })
+        };
+        tx.commit().await.unwrap();
+        single.await.unwrap().unwrap();
+        assert_eq!(ids(&db).await, vec![1, 2]);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
