@@ -115,8 +115,8 @@ impl Writer {
                 outcome: watch::channel(None).0,
             });
         }
-        let mut open = OwnedMutexGuard::try_map(slot, |s| s.as_mut())
-            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let mut open =
+            OwnedMutexGuard::try_map(slot, |s| s.as_mut()).map_err(|_| sqlx::Error::PoolClosed)?;
         if let Err(e) = open.conn.execute("SAVEPOINT sovra_tx").await {
             // The group can't take a savepoint: it is in no state to go on.
             drop(open);
@@ -173,7 +173,11 @@ async fn commit_groups(writer: Weak<Writer>, kick: Arc<Notify>, stats: Arc<Stats
         let Some(mut open) = slot.take() else {
             continue;
         };
-        let end = if open.members == 0 { "ROLLBACK" } else { "COMMIT" };
+        let end = if open.members == 0 {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
         let outcome = match open.conn.execute(end).await {
             Ok(_) => {
                 if open.members > 0 {

@@ -9,9 +9,10 @@ use sha2::{Digest, Sha256};
 use crate::{
     auth::Caller,
     clock::Millis,
-    db::{is_unique_violation, Tx},
+    db::{is_unique_violation, Db, Tx},
     error::Error,
 };
+use sqlx::{Any, Executor};
 
 /// A mutation's idempotency key, when the request carried a `request_id`.
 #[derive(Debug, Clone)]
@@ -69,13 +70,16 @@ impl Idempotency {
     }
 
     /// The stored first result, if this request_id was already used.
-    pub async fn replay<M: Message + Default>(&self, tx: &mut Tx) -> Result<Option<M>, Error> {
+    pub async fn replay<'e, M: Message + Default, E: Executor<'e, Database = Any>>(
+        &self,
+        ex: E,
+    ) -> Result<Option<M>, Error> {
         let row: Option<(String, String, String)> = sqlx::query_as(
             "SELECT method, request_hash, response FROM idempotency_keys WHERE scope = $1 AND request_id = $2",
         )
         .bind(&self.scope)
         .bind(&self.request_id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(ex)
         .await?;
         let Some((method, hash, response)) = row else {
             return Ok(None);
@@ -130,7 +134,20 @@ pub async fn replay<M: Message + Default>(
     tx: &mut Tx,
 ) -> Result<Option<M>, Error> {
     match idem {
-        Some(i) => i.replay(tx).await,
+        Some(i) => i.replay(&mut **tx).await,
+        None => Ok(None),
+    }
+}
+
+/// Replays a stored result read outside any transaction: a retry is
+/// answered before the work, without taking the writer. The write
+/// transaction still checks again (two identical requests may race).
+pub async fn replay_read<M: Message + Default>(
+    idem: &Option<Idempotency>,
+    db: &Db,
+) -> Result<Option<M>, Error> {
+    match idem {
+        Some(i) => i.replay(db.read()).await,
         None => Ok(None),
     }
 }

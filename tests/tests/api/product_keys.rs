@@ -432,6 +432,11 @@ async fn redemption_offers_delegated_admin_and_is_rate_limited(backend: Backend)
         .unwrap()
         .into_inner();
     assert_eq!(again.subscription.unwrap().id, sub.id);
+    // The replay carries the same offer (relationships replays it too).
+    assert_eq!(
+        again.delegated_admin_offer_code,
+        resp.delegated_admin_offer_code
+    );
     let other = sovra_commerce::ProductKey::generate().formatted();
     expect_code(
         app.keys()

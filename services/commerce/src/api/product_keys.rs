@@ -1,11 +1,13 @@
 //! `sovra.commerce.v1.ProductKeyService`: operator import and exactly-once
 //! redemption.
 //!
-//! Redemption claims the key and creates its subscription in one commerce
-//! transaction first (the exactly-once step; losers fail there, before any
-//! other call), then records the advisor relationship in relationships, then
-//! remembers the answer. A retry by the same caller and request id finds the
-//! key claimed by itself and finishes the rest.
+//! Redemption claims the key, creates its subscription, audits and remembers
+//! the answer in one commerce transaction first (the exactly-once step, one
+//! commit; losers fail there, before any other call), then records the
+//! advisor relationship in relationships. A retry by the same caller and
+//! request id replays the answer and records the relationship again, which
+//! relationships replays in turn: a redemption cut off between the two
+//! finishes on retry.
 //!
 //! Losers fail fast rather than queue for the write lock: a key already
 //! redeemed by someone else is refused from a read before any transaction,
@@ -16,8 +18,10 @@
 use sovra_proto::{commerce::v1 as pb, identity::v1 as idpb, relationships::v1 as rpb};
 use sovra_runtime::{
     auth::Ctx,
+    db::Tx,
     features::Feature,
     idempotency::{replay, Idempotency},
+    ids::TenantId,
     Error,
 };
 use tonic::{Request, Response};
@@ -35,7 +39,7 @@ use crate::{
     service::{Change, Commerce},
     store::{
         product_keys::{self, StoredKey},
-        subscriptions,
+        subscriptions::{self, Subscription},
     },
 };
 
@@ -235,57 +239,33 @@ impl Commerce {
             .try_hold(&hash)
             .ok_or_else(being_redeemed)?;
         let mut tx = self.db().begin().await?;
-        if let Some(prev) = replay(&idem, &mut tx).await? {
-            return Ok(Response::new(prev));
-        }
-        let stored = product_keys::get(&mut *tx, &hash)
-            .await?
-            .ok_or_else(not_found)?;
-        let sub = match (&stored.redeemed_by, &stored.subscription_id) {
-            (Some(by), Some(id)) if *by == claimant => {
-                drop(tx);
-                subscriptions::get(self.db().read(), customer.as_str(), id)
-                    .await?
-                    .ok_or_else(|| Error::internal("a claimed key's subscription is missing"))?
-            }
-            (Some(_), _) => return Err(already_redeemed()),
-            (None, _) => {
-                let product = self
-                    .catalog()
-                    .product("product_key", &stored.product_id)
-                    .map_err(|_| {
-                        Error::failed_precondition(
-                            "PRODUCT_WITHDRAWN",
-                            format!(
-                                "this key's product {} is no longer sold in this instance",
-                                stored.product_id
-                            ),
-                        )
-                    })?;
-                let now = self.now();
-                let s = self
-                    .add_subscription(
-                        &mut tx,
-                        NewSubscription {
-                            customer: customer.as_str(),
-                            product,
-                            state: SubscriptionState::Active,
-                            source: Source::ProductKey,
-                            license_count: stored.license_count,
-                            partner_of_record: partner.as_str(),
-                            end_at: Some(end_of_term(now, stored.term_days)),
-                        },
-                    )
+        let answer = match replay::<pb::RedeemProductKeyResponse>(&idem, &mut tx).await? {
+            // Answered before: the relationships step below runs again (it
+            // replays there too), so a redemption cut off between the two
+            // finishes, and the answer carries its delegated-admin offer.
+            Some(prev) => prev,
+            None => {
+                let sub = self
+                    .claim_key(&mut tx, &hash, &claimant, &partner, &customer)
                     .await?;
-                if !product_keys::claim(&mut tx, &hash, &claimant, partner.as_str(), &s.id, now)
-                    .await?
-                {
-                    // Another redemption claimed it first; ours rolls back.
-                    return Err(already_redeemed());
-                }
-                tx.commit().await.map_err(Error::from)?;
+                let resp = pb::RedeemProductKeyResponse {
+                    subscription: Some(subscription_to_pb(&sub)),
+                    ..Default::default()
+                };
+                let change = Change {
+                    tenant_id: customer.as_str(),
+                    delegated: false,
+                    action: "commerce.product_key.redeem",
+                    target: format!(
+                        "subscriptions/{} (key …{}, partner {partner})",
+                        sub.id,
+                        key.hint()
+                    ),
+                };
+                self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
+                    .await?;
                 self.notify_watchers();
-                s
+                resp
             }
         };
 
@@ -311,27 +291,70 @@ impl Commerce {
                 &ctx.trace_id,
             )
             .await?;
-
-        // 3. Audit and remember the answer.
         let offer = recorded.delegated_admin_offer.unwrap_or_default();
-        let resp = pb::RedeemProductKeyResponse {
-            subscription: Some(subscription_to_pb(&sub)),
+        Ok(Response::new(pb::RedeemProductKeyResponse {
             delegated_admin_offer_url: offer.url,
             delegated_admin_offer_code: offer.code,
-        };
-        let tx = self.db().begin().await?;
-        let change = Change {
-            tenant_id: customer.as_str(),
-            delegated: false,
-            action: "commerce.product_key.redeem",
-            target: format!(
-                "subscriptions/{} (key …{}, partner {partner})",
-                sub.id,
-                key.hint()
-            ),
-        };
-        self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
-            .await?;
-        Ok(Response::new(resp))
+            ..answer
+        }))
+    }
+
+    /// Claims the key and creates its subscription inside `tx`, or finds
+    /// the subscription of this claimant's own earlier claim.
+    async fn claim_key(
+        &self,
+        tx: &mut Tx,
+        hash: &str,
+        claimant: &str,
+        partner: &TenantId,
+        customer: &TenantId,
+    ) -> Result<Subscription, Error> {
+        let stored = product_keys::get(&mut **tx, hash)
+            .await?
+            .ok_or_else(not_found)?;
+        match (&stored.redeemed_by, &stored.subscription_id) {
+            // Claimed by this request before its answer was stored (by a
+            // version that committed the two apart).
+            (Some(by), Some(id)) if by == claimant => {
+                subscriptions::get(&mut **tx, customer.as_str(), id)
+                    .await?
+                    .ok_or_else(|| Error::internal("a claimed key's subscription is missing"))
+            }
+            (Some(_), _) => Err(already_redeemed()),
+            (None, _) => {
+                let product = self
+                    .catalog()
+                    .product("product_key", &stored.product_id)
+                    .map_err(|_| {
+                        Error::failed_precondition(
+                            "PRODUCT_WITHDRAWN",
+                            format!(
+                                "this key's product {} is no longer sold in this instance",
+                                stored.product_id
+                            ),
+                        )
+                    })?;
+                let now = self.now();
+                let s = self
+                    .add_subscription(
+                        tx,
+                        NewSubscription {
+                            customer: customer.as_str(),
+                            product,
+                            state: SubscriptionState::Active,
+                            source: Source::ProductKey,
+                            license_count: stored.license_count,
+                            partner_of_record: partner.as_str(),
+                            end_at: Some(end_of_term(now, stored.term_days)),
+                        },
+                    )
+                    .await?;
+                if !product_keys::claim(tx, hash, claimant, partner.as_str(), &s.id, now).await? {
+                    // Another redemption claimed it first; ours rolls back.
+                    return Err(already_redeemed());
+                }
+                Ok(s)
+            }
+        }
     }
 }

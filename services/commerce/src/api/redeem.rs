@@ -18,7 +18,7 @@ use sovra_proto::{commerce::v1 as pb, identity::v1 as idpb, relationships::v1 as
 use sovra_runtime::{
     auth::{caller, trace_id, Caller, Ctx, UserCaller},
     clock::to_timestamp,
-    idempotency::{replay, Idempotency},
+    idempotency::{replay, replay_read, Idempotency},
     Error, ErrorCode,
 };
 use tonic::Request;
@@ -162,11 +162,8 @@ impl Commerce {
             &Self::programs(r.accept_delegated_admin),
         )
         .await?;
-        {
-            let mut tx = self.db().begin().await?;
-            if let Some(prev) = replay(&idem, &mut tx).await? {
-                return Ok(prev);
-            }
+        if let Some(prev) = replay_read(&idem, self.db()).await? {
+            return Ok(prev);
         }
 
         // A leaked link can't be used to flood its partner with sign-ups.

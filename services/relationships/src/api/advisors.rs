@@ -63,7 +63,7 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
         // it does not write it: concurrent redemptions for one customer do
         // not queue on its row lock.
         let held = customers::get(&mut *tx, partner.as_str(), customer.as_str()).await?;
-        let recorded = held.is_some_and(|h| {
+        let recorded = held.as_ref().is_some_and(|h| {
             h.advisor
                 && (h.partner_of_record || !r.partner_of_record)
                 && h.display_name == c.display_name
@@ -119,11 +119,16 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
             }
             _ => {}
         }
-        let row = customers::get(&mut *tx, partner.as_str(), customer.as_str())
-            .await?
-            .ok_or_else(|| {
-                Error::internal("the partner-customer row vanished in its transaction")
-            })?;
+        // Unchanged and no delegated-admin change: the row read above is it.
+        let unchanged = recorded && change == pb::DelegatedAdminChange::None;
+        let row = match held.filter(|_| unchanged) {
+            Some(row) => row,
+            None => customers::get(&mut *tx, partner.as_str(), customer.as_str())
+                .await?
+                .ok_or_else(|| {
+                    Error::internal("the partner-customer row vanished in its transaction")
+                })?,
+        };
         resp.customer = Some(customer_to_pb(&row));
         let audit = Change {
             tenant_id: customer.as_str(),
