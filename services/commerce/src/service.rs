@@ -197,6 +197,19 @@ impl Commerce {
         audit::commit(tx, self.now(), ctx, change, request_id, idem, resp).await
     }
 
+    /// Audits and remembers in `tx` without committing; see [`audit::write`].
+    pub(crate) async fn write_change<M: prost::Message>(
+        &self,
+        tx: &mut Tx,
+        ctx: &Ctx,
+        change: Change<'_>,
+        request_id: &str,
+        idem: &Option<Idempotency>,
+        resp: &M,
+    ) -> Result<(), Error> {
+        audit::write(tx, self.now(), ctx, Some(change), request_id, idem, resp).await
+    }
+
     /// Forgets old request ids.
     pub async fn forget_request_ids(&self) -> Result<u64, Error> {
         sovra_runtime::idempotency::expire(

@@ -34,9 +34,26 @@ pub async fn commit<M: prost::Message>(
     idem: &Option<Idempotency>,
     resp: &M,
 ) -> Result<(), Error> {
+    write(&mut tx, now, ctx, change, request_id, idem, resp).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What [`commit`] writes, without committing: for a transaction that has
+/// more to write after it.
+#[allow(clippy::too_many_arguments)]
+pub async fn write<M: prost::Message>(
+    tx: &mut Tx,
+    now: Millis,
+    ctx: &Ctx,
+    change: Option<Change<'_>>,
+    request_id: &str,
+    idem: &Option<Idempotency>,
+    resp: &M,
+) -> Result<(), Error> {
     if let Some(c) = change {
         record(
-            &mut tx,
+            tx,
             now,
             AuditEntry {
                 tenant_id: c.tenant_id,
@@ -50,9 +67,7 @@ pub async fn commit<M: prost::Message>(
         )
         .await?;
     }
-    remember(idem, &mut tx, resp, now).await?;
-    tx.commit().await?;
-    Ok(())
+    remember(idem, tx, resp, now).await
 }
 
 /// One change to record.

@@ -245,7 +245,7 @@ impl Commerce {
             // finishes, and the answer carries its delegated-admin offer.
             Some(prev) => prev,
             None => {
-                let sub = self
+                let (sub, claimed_now) = self
                     .claim_key(&mut tx, &hash, &claimant, &partner, &customer)
                     .await?;
                 let resp = pb::RedeemProductKeyResponse {
@@ -262,8 +262,15 @@ impl Commerce {
                         key.hint()
                     ),
                 };
-                self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
+                self.write_change(&mut tx, &ctx, change, &r.request_id, &idem, &resp)
                     .await?;
+                if claimed_now {
+                    // Last: its notification holds the partner's feed row
+                    // until the commit, which every redemption for the
+                    // partner queues on.
+                    self.insert_subscription(&mut tx, &sub).await?;
+                }
+                tx.commit().await?;
                 self.notify_watchers();
                 resp
             }
@@ -299,8 +306,9 @@ impl Commerce {
         }))
     }
 
-    /// Claims the key and creates its subscription inside `tx`, or finds
-    /// the subscription of this claimant's own earlier claim.
+    /// Claims the key inside `tx` for a new subscription (returned with
+    /// `true`, for the caller to write), or finds the subscription of this
+    /// claimant's own earlier claim (`false`).
     async fn claim_key(
         &self,
         tx: &mut Tx,
@@ -308,7 +316,7 @@ impl Commerce {
         claimant: &str,
         partner: &TenantId,
         customer: &TenantId,
-    ) -> Result<Subscription, Error> {
+    ) -> Result<(Subscription, bool), Error> {
         let stored = product_keys::get(&mut **tx, hash)
             .await?
             .ok_or_else(not_found)?;
@@ -316,9 +324,10 @@ impl Commerce {
             // Claimed by this request before its answer was stored (by a
             // version that committed the two apart).
             (Some(by), Some(id)) if by == claimant => {
-                subscriptions::get(&mut **tx, customer.as_str(), id)
+                let s = subscriptions::get(&mut **tx, customer.as_str(), id)
                     .await?
-                    .ok_or_else(|| Error::internal("a claimed key's subscription is missing"))
+                    .ok_or_else(|| Error::internal("a claimed key's subscription is missing"))?;
+                Ok((s, false))
             }
             (Some(_), _) => Err(already_redeemed()),
             (None, _) => {
@@ -335,25 +344,20 @@ impl Commerce {
                         )
                     })?;
                 let now = self.now();
-                let s = self
-                    .add_subscription(
-                        tx,
-                        NewSubscription {
-                            customer: customer.as_str(),
-                            product,
-                            state: SubscriptionState::Active,
-                            source: Source::ProductKey,
-                            license_count: stored.license_count,
-                            partner_of_record: partner.as_str(),
-                            end_at: Some(end_of_term(now, stored.term_days)),
-                        },
-                    )
-                    .await?;
+                let s = self.new_subscription(NewSubscription {
+                    customer: customer.as_str(),
+                    product,
+                    state: SubscriptionState::Active,
+                    source: Source::ProductKey,
+                    license_count: stored.license_count,
+                    partner_of_record: partner.as_str(),
+                    end_at: Some(end_of_term(now, stored.term_days)),
+                });
                 if !product_keys::claim(tx, hash, claimant, partner.as_str(), &s.id, now).await? {
                     // Another redemption claimed it first; ours rolls back.
                     return Err(already_redeemed());
                 }
-                Ok(s)
+                Ok((s, true))
             }
         }
     }

@@ -53,8 +53,15 @@ impl Commerce {
         tx: &mut Tx,
         n: NewSubscription<'_>,
     ) -> Result<Subscription, Error> {
+        let s = self.new_subscription(n);
+        self.insert_subscription(tx, &s).await?;
+        Ok(s)
+    }
+
+    /// A subscription not yet written (see [`Self::insert_subscription`]).
+    pub(crate) fn new_subscription(&self, n: NewSubscription<'_>) -> Subscription {
         let now = self.now();
-        let s = Subscription {
+        Subscription {
             id: uuid::Uuid::now_v7().to_string(),
             customer_tenant_id: n.customer.to_owned(),
             product_id: n.product.id.clone(),
@@ -66,10 +73,20 @@ impl Commerce {
             version: 1,
             created_at: now,
             updated_at: now,
-        };
-        subscriptions::insert(tx, &s).await.map_err(|e| {
+        }
+    }
+
+    /// Writes a new subscription and tells its partner of record, in `tx`.
+    /// The notification takes the partner's feed row lock (PostgreSQL) until
+    /// the commit, so callers write it as late in the transaction as they can.
+    pub(crate) async fn insert_subscription(
+        &self,
+        tx: &mut Tx,
+        s: &Subscription,
+    ) -> Result<(), Error> {
+        subscriptions::insert(tx, s).await.map_err(|e| {
             if is_unique_violation(&e) {
-                trial_used(n.customer, &n.product.id)
+                trial_used(&s.customer_tenant_id, &s.product_id)
             } else {
                 e.into()
             }
@@ -79,13 +96,13 @@ impl Commerce {
                 tx,
                 &s.partner_of_record,
                 NotificationKind::Created,
-                &subscription_to_pb(&s),
+                &subscription_to_pb(s),
                 0,
-                now,
+                s.created_at,
             )
             .await?;
         }
-        Ok(s)
+        Ok(())
     }
 
     /// Writes `next` over `prev` (same id) if nobody changed it meanwhile,
