@@ -243,7 +243,11 @@ impl Commerce {
             // Answered before: the relationships step below runs again (it
             // replays there too), so a redemption cut off between the two
             // finishes, and the answer carries its delegated-admin offer.
-            Some(prev) => prev,
+            // The writer is not held across that call.
+            Some(prev) => {
+                drop(tx);
+                prev
+            }
             None => {
                 let (sub, claimed_now) = self
                     .claim_key(&mut tx, &hash, &claimant, &partner, &customer)
