@@ -115,28 +115,31 @@ impl Writer {
                 outcome: watch::channel(None).0,
             });
         }
-        let mut open =
-            OwnedMutexGuard::try_map(slot, |s| s.as_mut()).map_err(|_| sqlx::Error::PoolClosed)?;
-        if let Err(e) = open.conn.execute("SAVEPOINT sovra_tx").await {
-            // The group can't take a savepoint: it is in no state to go on.
-            drop(open);
-            self.fail_group(&e.to_string()).await;
-            return Err(e);
+        if let Some(open) = slot.as_mut() {
+            if let Err(e) = open.conn.execute("SAVEPOINT sovra_tx").await {
+                // The group can't take a savepoint: it is in no state to go on.
+                if let Some(open) = slot.take() {
+                    open.abort("the transaction group was rolled back").await;
+                }
+                return Err(e);
+            }
         }
+        let open =
+            OwnedMutexGuard::try_map(slot, |s| s.as_mut()).map_err(|_| sqlx::Error::PoolClosed)?;
         Ok(GroupTx {
             open,
             released: false,
             kick: self.kick.clone(),
         })
     }
+}
 
-    /// Rolls the open group back and tells its members it failed.
-    async fn fail_group(&self, why: &str) {
-        let mut slot = self.group.lock().await;
-        if let Some(mut open) = slot.take() {
-            let _ = open.conn.execute("ROLLBACK").await;
-            open.outcome.send_replace(Some(Err(why.into())));
-        }
+impl OpenGroup {
+    /// Rolls the whole group back and tells its members it failed (none of
+    /// them was acknowledged yet).
+    async fn abort(mut self, why: &str) {
+        let _ = self.conn.execute("ROLLBACK").await;
+        self.outcome.send_replace(Some(Err(why.into())));
     }
 }
 
@@ -150,11 +153,9 @@ async fn undo_abandoned(slot: &mut Option<OpenGroup>) {
     match open.conn.execute(ROLLBACK_SAVEPOINT).await {
         Ok(_) => open.abandoned = false,
         Err(e) => {
-            if let Some(mut open) = slot.take() {
-                let _ = open.conn.execute("ROLLBACK").await;
-                tracing::error!(error = %e, "group commit: rolling back a dropped transaction failed; the group is rolled back");
-                open.outcome
-                    .send_replace(Some(Err("the transaction group was rolled back".into())));
+            tracing::error!(error = %e, "group commit: rolling back a dropped transaction failed; the group is rolled back");
+            if let Some(open) = slot.take() {
+                open.abort("the transaction group was rolled back").await;
             }
         }
     }
@@ -178,7 +179,7 @@ async fn commit_groups(writer: Weak<Writer>, kick: Arc<Notify>, stats: Arc<Stats
         } else {
             "COMMIT"
         };
-        let outcome = match open.conn.execute(end).await {
+        match open.conn.execute(end).await {
             Ok(_) => {
                 if open.members > 0 {
                     stats.groups.fetch_add(1, Ordering::Relaxed);
@@ -186,15 +187,13 @@ async fn commit_groups(writer: Weak<Writer>, kick: Arc<Notify>, stats: Arc<Stats
                         .transactions
                         .fetch_add(open.members as u64, Ordering::Relaxed);
                 }
-                Ok(())
+                open.outcome.send_replace(Some(Ok(())));
             }
             Err(e) => {
                 tracing::error!(error = %e, members = open.members, "group commit failed");
-                let _ = open.conn.execute("ROLLBACK").await;
-                Err(Arc::from("the group's commit failed"))
+                open.abort("the group's commit failed").await;
             }
-        };
-        open.outcome.send_replace(Some(outcome));
+        }
         // The connection goes back to the pool with the guard released.
         drop(slot);
     }
