@@ -6,6 +6,7 @@
 pub mod advisors;
 pub mod api;
 pub mod domain;
+pub mod sequencer;
 pub mod service;
 pub mod store;
 
@@ -82,6 +83,7 @@ pub fn build(
         ),
         limits: sovra_runtime::ratelimit::MutationLimits::new(&settings.limits),
         feed: tokio::sync::watch::channel(0).0,
+        sequencer: Default::default(),
         redeeming: service::InFlight::default(),
     })
 }
@@ -146,8 +148,10 @@ impl Commerce {
         ]);
     }
 
-    /// Trial expiry (every `trial_expiry_interval_secs`) and hourly
-    /// forgetting of old request ids, until aborted.
+    /// Trial expiry (every `trial_expiry_interval_secs`), the notification
+    /// sweep (every `notification_poll_interval_ms`: numbers notifications a
+    /// crash or a failed pass left waiting) and hourly forgetting of old
+    /// request ids, until aborted.
     pub fn spawn_background(&self, settings: &Settings) -> Vec<tokio::task::JoinHandle<()>> {
         let this = self.clone();
         let expiry = spawn_every(
@@ -167,7 +171,16 @@ impl Commerce {
                 async move { this.forget_request_ids().await.map(|_| ()) }
             },
         );
-        vec![expiry, housekeeping]
+        let this = self.clone();
+        let sweep = spawn_every(
+            this.cfg().notification_poll,
+            "notification numbering",
+            move || {
+                let this = this.clone();
+                async move { this.sweep_feed().await }
+            },
+        );
+        vec![expiry, sweep, housekeeping]
     }
 }
 

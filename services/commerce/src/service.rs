@@ -21,7 +21,10 @@ use tokio::sync::watch;
 
 use sovra_runtime::ratelimit::{MutationLimits, RateLimiter};
 
-use crate::{advisors::AdvisorClient, domain::catalog::Catalog};
+use crate::{
+    advisors::AdvisorClient, domain::catalog::Catalog, sequencer::FeedSequencer,
+    store::feed::Numbering,
+};
 
 /// What commerce needs from configuration.
 #[derive(Debug, Clone)]
@@ -65,8 +68,10 @@ pub(crate) struct Inner {
     pub key_attempts: RateLimiter,
     /// Mutating calls per partner, and per partner and customer.
     pub limits: MutationLimits,
-    /// Bumped after every commit that appended notifications: wakes watchers.
+    /// Bumped after notifications were numbered: wakes watchers.
     pub feed: watch::Sender<u64>,
+    /// Numbers notifications written with [`Numbering::Deferred`].
+    pub sequencer: FeedSequencer,
     /// Product keys (hashes) a redemption in this process is claiming now.
     pub redeeming: InFlight,
 }
@@ -175,8 +180,33 @@ impl Commerce {
             .await
     }
 
-    /// Wakes the notification watchers after a commit that appended some.
-    pub(crate) fn notify_watchers(&self) {
+    /// How this backend numbers notifications.
+    pub(crate) fn numbering(&self) -> Numbering {
+        Numbering::for_backend(self.db().backend())
+    }
+
+    /// After a commit that wrote notifications: numbers them if they wait
+    /// for it, then wakes the watchers. A failed pass is logged, not
+    /// returned: the change is committed, and the sweep numbers it later.
+    pub(crate) async fn feed_written(&self) {
+        if self.numbering() == Numbering::Deferred {
+            if let Err(e) = self.inner.sequencer.run(self.db()).await {
+                tracing::warn!(error = %e, "numbering notifications failed; the sweep retries");
+                return;
+            }
+        }
+        self.notify_watchers();
+    }
+
+    /// Numbers whatever waits (see [`FeedSequencer::sweep`]).
+    pub(crate) async fn sweep_feed(&self) -> Result<(), Error> {
+        if self.inner.sequencer.sweep(self.db()).await? > 0 {
+            self.notify_watchers();
+        }
+        Ok(())
+    }
+
+    fn notify_watchers(&self) {
         self.inner.feed.send_modify(|n| *n = n.wrapping_add(1));
     }
 

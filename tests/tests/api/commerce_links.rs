@@ -512,6 +512,169 @@ async fn a_resumed_stream_misses_and_repeats_nothing(backend: Backend) {
 }
 backend_test!(a_resumed_stream_misses_and_repeats_nothing);
 
+/// Many changes for one partner at once. The feed numbers every one of them
+/// 1..n with no gap, and each subscription's notifications come in the
+/// order its changes happened. PostgreSQL numbers them after their commits,
+/// in batches (the feed sequencer). SQLite numbers them in the writing
+/// transaction.
+async fn a_busy_partners_feed_is_gapless_and_in_order(backend: Backend) {
+    const BUYERS: usize = 8;
+    const CHANGES: i32 = 3;
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let partner = app.partner("Busy Advisors", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let mut buyers = Vec::new();
+    for n in 0..BUYERS {
+        let (app, agent, partner) = (app.clone(), agent.clone(), partner.clone());
+        buyers.push(tokio::spawn(async move {
+            let customer = app
+                .tenant(TenantKind::Customer, &format!("Buyer {n}"))
+                .await;
+            let offer = app
+                .offers()
+                .create_purchase_offer(req(
+                    &agent,
+                    com::CreatePurchaseOfferRequest {
+                        partner_tenant_id: partner.id.clone(),
+                        lines: vec![com::OfferLine {
+                            product_id: "office-enterprise".into(),
+                            license_count: 1,
+                        }],
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .offer
+                .unwrap();
+            let mut sub = app
+                .offers()
+                .redeem_purchase_offer(req(
+                    &customer.admin_token,
+                    com::RedeemPurchaseOfferRequest {
+                        request_id: format!("buy-{n}"),
+                        code: offer.code,
+                        customer: existing(&customer.id),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .redemption
+                .unwrap()
+                .subscriptions
+                .remove(0);
+            for c in 0..CHANGES {
+                sub = app
+                    .subscriptions()
+                    .update_license_count(req(
+                        &customer.admin_token,
+                        com::UpdateLicenseCountRequest {
+                            request_id: format!("licenses-{n}-{c}"),
+                            customer_tenant_id: customer.id.clone(),
+                            subscription_id: sub.id.clone(),
+                            license_count: 2 + c,
+                            etag: sub.etag.clone(),
+                        },
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .subscription
+                    .unwrap();
+            }
+            sub.id
+        }));
+    }
+    let mut ids = Vec::new();
+    for b in buyers {
+        ids.push(b.await.unwrap());
+    }
+    // Every change was acknowledged, so every notification is in the feed.
+    let notes = app
+        .notifications()
+        .list_notifications(req(
+            &agent,
+            com::ListNotificationsRequest {
+                partner_tenant_id: partner.id.clone(),
+                page_size: 100,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .notifications;
+    let total = BUYERS as i64 * (1 + CHANGES as i64);
+    assert_eq!(
+        notes.iter().map(|n| n.sequence).collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>(),
+        "numbered 1..{total}, no gap"
+    );
+    for id in ids {
+        let own: Vec<_> = notes
+            .iter()
+            .filter(|n| n.subscription.as_ref().unwrap().id == id)
+            .collect();
+        assert_eq!(own[0].kind(), com::NotificationKind::SubscriptionCreated);
+        assert_eq!(
+            own.iter()
+                .map(|n| (
+                    n.previous_license_count,
+                    n.subscription.as_ref().unwrap().license_count
+                ))
+                .collect::<Vec<_>>(),
+            vec![(0, 1), (1, 2), (2, 3), (3, 4)],
+            "subscription {id}: its changes in the order they were made"
+        );
+    }
+    assert_eq!(
+        app.com_count("SELECT COUNT(*) FROM notification_outbox")
+            .await,
+        0,
+        "nothing left waiting"
+    );
+
+    // A notification left waiting, as a crash between a change's commit and
+    // its numbering leaves it, is numbered by the sweep.
+    app.com_exec(
+        "INSERT INTO notification_outbox (id, partner_tenant_id, subscription_version, kind, subscription, previous_license_count, created_at) \
+         SELECT 'left-waiting', partner_tenant_id, 9, kind, subscription, previous_license_count, created_at \
+         FROM notifications WHERE seq = 1",
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = app
+            .notifications()
+            .list_notifications(req(
+                &agent,
+                com::ListNotificationsRequest {
+                    partner_tenant_id: partner.id.clone(),
+                    after_sequence: total,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .notifications;
+        if let Some(n) = after.first() {
+            assert_eq!(n.sequence, total + 1);
+            assert_eq!(n.subscription, notes[0].subscription);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep numbers what was left waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+backend_test!(a_busy_partners_feed_is_gapless_and_in_order);
+
 async fn a_redemption_cut_off_midway_fails_and_its_retry_completes(backend: Backend) {
     let db = TestDb::new(backend).await;
     let key = Arc::new(sovra_runtime::auth::Keyring::generate());

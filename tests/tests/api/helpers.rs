@@ -694,6 +694,16 @@ impl TestApp {
         count_in(&self.com_db_url, sql).await
     }
 
+    /// Runs one statement straight on commerce's database.
+    pub async fn com_exec(&self, sql: &str) {
+        sqlx::any::install_default_drivers();
+        let mut c = sqlx::AnyConnection::connect(&self.com_db_url)
+            .await
+            .unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+        let _ = c.close().await;
+    }
+
     pub fn catalog(&self) -> com::catalog_service_client::CatalogServiceClient<Channel> {
         com::catalog_service_client::CatalogServiceClient::new(self.channel.clone())
     }

@@ -239,14 +239,14 @@ impl Commerce {
             .try_hold(&hash)
             .ok_or_else(being_redeemed)?;
         let mut tx = self.db().begin().await?;
-        let answer = match replay::<pb::RedeemProductKeyResponse>(&idem, &mut tx).await? {
+        let (answer, wrote) = match replay::<pb::RedeemProductKeyResponse>(&idem, &mut tx).await? {
             // Answered before: the relationships step below runs again (it
             // replays there too), so a redemption cut off between the two
             // finishes, and the answer carries its delegated-admin offer.
             // The writer is not held across that call.
             Some(prev) => {
                 drop(tx);
-                prev
+                (prev, false)
             }
             None => {
                 let (sub, claimed_now) = self
@@ -269,14 +269,10 @@ impl Commerce {
                 self.write_change(&mut tx, &ctx, change, &r.request_id, &idem, &resp)
                     .await?;
                 if claimed_now {
-                    // Last: its notification holds the partner's feed row
-                    // until the commit, which every redemption for the
-                    // partner queues on.
                     self.insert_subscription(&mut tx, &sub).await?;
                 }
                 tx.commit().await?;
-                self.notify_watchers();
-                resp
+                (resp, claimed_now)
             }
         };
 
@@ -286,23 +282,26 @@ impl Commerce {
         } else {
             rpb::DelegatedAdminChange::None
         };
-        let recorded = self
-            .inner
-            .advisors
-            .record(
-                rpb::RecordAdvisorRelationshipRequest {
-                    request_id: format!("commerce:key:{}", &hash[..40]),
-                    partner_tenant_id: partner.to_string(),
-                    customer_tenant_id: customer.to_string(),
-                    partner_of_record: true,
-                    delegated_admin: da as i32,
-                    reassign: false,
-                    acting_user_id: ctx.user().map(|u| u.user_id.clone()).unwrap_or_default(),
-                },
-                &ctx.trace_id,
-            )
-            .await?;
-        let offer = recorded.delegated_admin_offer.unwrap_or_default();
+        let record = self.inner.advisors.record(
+            rpb::RecordAdvisorRelationshipRequest {
+                request_id: format!("commerce:key:{}", &hash[..40]),
+                partner_tenant_id: partner.to_string(),
+                customer_tenant_id: customer.to_string(),
+                partner_of_record: true,
+                delegated_admin: da as i32,
+                reassign: false,
+                acting_user_id: ctx.user().map(|u| u.user_id.clone()).unwrap_or_default(),
+            },
+            &ctx.trace_id,
+        );
+        // The subscription's notification is numbered meanwhile.
+        let numbered = async {
+            if wrote {
+                self.feed_written().await;
+            }
+        };
+        let (recorded, ()) = tokio::join!(record, numbered);
+        let offer = recorded?.delegated_admin_offer.unwrap_or_default();
         Ok(Response::new(pb::RedeemProductKeyResponse {
             delegated_admin_offer_url: offer.url,
             delegated_admin_offer_code: offer.code,

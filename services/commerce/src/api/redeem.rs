@@ -334,7 +334,7 @@ impl Commerce {
         self.commit(tx, &ctx, Some(audit), r.request_id, &idem, &resp)
             .await?;
         sovra_runtime::metrics::business::link_redeemed(link.kind.as_str());
-        self.notify_watchers();
+        self.feed_written().await;
         Ok(resp)
     }
 

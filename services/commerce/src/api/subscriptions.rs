@@ -77,8 +77,7 @@ impl Commerce {
     }
 
     /// Writes a new subscription and tells its partner of record, in `tx`.
-    /// The notification takes the partner's feed row lock (PostgreSQL) until
-    /// the commit, so callers write it as late in the transaction as they can.
+    /// Callers call [`Self::feed_written`] after the commit.
     pub(crate) async fn insert_subscription(
         &self,
         tx: &mut Tx,
@@ -94,11 +93,15 @@ impl Commerce {
         if !s.partner_of_record.is_empty() {
             feed::append(
                 tx,
-                &s.partner_of_record,
-                NotificationKind::Created,
-                &subscription_to_pb(s),
-                0,
-                s.created_at,
+                self.numbering(),
+                feed::Entry {
+                    partner: &s.partner_of_record,
+                    kind: NotificationKind::Created,
+                    subscription: &subscription_to_pb(s),
+                    version: s.version,
+                    previous_license_count: 0,
+                    at: s.created_at,
+                },
             )
             .await?;
         }
@@ -106,7 +109,8 @@ impl Commerce {
     }
 
     /// Writes `next` over `prev` (same id) if nobody changed it meanwhile,
-    /// and tells the partner of record what happened, in `tx`.
+    /// and tells the partner of record what happened, in `tx`. Callers call
+    /// [`Self::feed_written`] after the commit.
     pub(crate) async fn change_subscription(
         &self,
         tx: &mut Tx,
@@ -122,11 +126,15 @@ impl Commerce {
         if !next.partner_of_record.is_empty() {
             feed::append(
                 tx,
-                &next.partner_of_record,
-                kind,
-                &subscription_to_pb(&next),
-                prev.license_count,
-                next.updated_at,
+                self.numbering(),
+                feed::Entry {
+                    partner: &next.partner_of_record,
+                    kind,
+                    subscription: &subscription_to_pb(&next),
+                    version: next.version,
+                    previous_license_count: prev.license_count,
+                    at: next.updated_at,
+                },
             )
             .await?;
         }
@@ -178,7 +186,7 @@ impl Commerce {
                     Err(e) => return Err(e),
                 }
             }
-            self.notify_watchers();
+            self.feed_written().await;
             if n < 200 {
                 return Ok(expired);
             }
@@ -273,7 +281,7 @@ impl Commerce {
         };
         self.commit(tx, ctx, Some(audit), request_id, &idem, &resp)
             .await?;
-        self.notify_watchers();
+        self.feed_written().await;
         Ok(resp)
     }
 }

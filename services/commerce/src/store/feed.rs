@@ -1,45 +1,201 @@
-//! The partner-of-record feed: `por_feeds` (a counter per partner) and
-//! `notifications`, written in the transaction of the change they report.
+//! The partner-of-record feed: `por_feeds` (a counter per partner),
+//! `notifications`, and `notification_outbox` (notifications waiting for
+//! their sequence).
+//!
+//! A change writes its notification in its own transaction, one of two
+//! ways ([`Numbering`]). Either way a partner's sequences commit in order
+//! with no gaps, which is what resuming a stream relies on.
 
 use sovra_proto::commerce::v1 as pb;
-use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sovra_runtime::{
+    clock::Millis,
+    db::{Backend, Db, Tx},
+    Error,
+};
 use sqlx::AnyPool;
 
 use super::{corrupt, decode, encode};
 use crate::domain::states::NotificationKind;
 
-/// Appends one notification to `partner`'s feed and returns its sequence.
-/// The counter row's lock orders the partner's writers, so sequences
-/// become visible in order.
-pub async fn append(
-    tx: &mut Tx,
-    partner: &str,
-    kind: NotificationKind,
-    subscription: &pb::Subscription,
-    previous_license_count: u32,
-    now: Millis,
-) -> Result<i64, Error> {
-    let (seq,): (i64,) = sqlx::query_as(
-        "INSERT INTO por_feeds (partner_tenant_id, last_seq) VALUES ($1, 1) \
-         ON CONFLICT (partner_tenant_id) DO UPDATE SET last_seq = por_feeds.last_seq + 1 \
-         RETURNING last_seq",
+/// How a change's notification gets its sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numbering {
+    /// In the change's transaction, from the partner's `por_feeds` row. The
+    /// row stays locked until the commit. SQLite writes one transaction at a
+    /// time anyway, so that costs nothing there.
+    Inline,
+    /// Into `notification_outbox`; [`sequence_waiting`] numbers it after the
+    /// commit. On PostgreSQL the `por_feeds` row lock, held through each
+    /// commit, lined up every concurrent change for a partner.
+    Deferred,
+}
+
+impl Numbering {
+    pub fn for_backend(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => Numbering::Inline,
+            Backend::Postgres => Numbering::Deferred,
+        }
+    }
+}
+
+/// One notification about to be written.
+pub struct Entry<'a> {
+    pub partner: &'a str,
+    pub kind: NotificationKind,
+    pub subscription: &'a pb::Subscription,
+    /// The subscription's version after the change: orders a subscription's
+    /// own notifications while they wait.
+    pub version: i64,
+    pub previous_license_count: u32,
+    pub at: Millis,
+}
+
+/// Writes `e` in `tx`, numbered as `numbering` says.
+pub async fn append(tx: &mut Tx, numbering: Numbering, e: Entry<'_>) -> Result<(), Error> {
+    match numbering {
+        Numbering::Inline => {
+            let (seq,): (i64,) = sqlx::query_as(
+                "INSERT INTO por_feeds (partner_tenant_id, last_seq) VALUES ($1, 1) \
+                 ON CONFLICT (partner_tenant_id) DO UPDATE SET last_seq = por_feeds.last_seq + 1 \
+                 RETURNING last_seq",
+            )
+            .bind(e.partner)
+            .fetch_one(&mut **tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO notifications (partner_tenant_id, seq, kind, subscription, previous_license_count, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(e.partner)
+            .bind(seq)
+            .bind(e.kind.as_str())
+            .bind(encode(e.subscription))
+            .bind(e.previous_license_count as i64)
+            .bind(e.at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Numbering::Deferred => {
+            sqlx::query(
+                "INSERT INTO notification_outbox (id, partner_tenant_id, subscription_version, kind, subscription, previous_license_count, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(e.partner)
+            .bind(e.version)
+            .bind(e.kind.as_str())
+            .bind(encode(e.subscription))
+            .bind(e.previous_license_count as i64)
+            .bind(e.at)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether any notification waits for its sequence.
+pub async fn any_waiting(pool: &AnyPool) -> Result<bool, Error> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT id FROM notification_outbox LIMIT 1")
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// PostgreSQL advisory lock key: one sequencer at a time across replicas.
+const SEQUENCER_LOCK: i64 = 4243;
+
+/// Numbers up to `limit` waiting notifications into their partners' feeds
+/// in one transaction and returns how many. One numbering transaction runs
+/// at a time, across replicas too, so each partner's numbers still commit
+/// in order.
+///
+/// Lowest subscription version first: a subscription's change commits only
+/// after its previous change committed, so when a batch holds a change, it
+/// holds every earlier change of that subscription still waiting, and
+/// numbers them in order.
+pub async fn sequence_waiting(db: &Db, limit: usize) -> Result<usize, Error> {
+    let mut tx = db.begin().await?;
+    if db.backend() == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SEQUENCER_LOCK)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let rows: Vec<Waiting> = sqlx::query_as(
+        "SELECT id, partner_tenant_id, kind, subscription, previous_license_count, created_at \
+         FROM notification_outbox ORDER BY subscription_version, created_at, id LIMIT $1",
     )
-    .bind(partner)
-    .fetch_one(&mut **tx)
+    .bind(limit as i64)
+    .fetch_all(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO notifications (partner_tenant_id, seq, kind, subscription, previous_license_count, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(partner)
-    .bind(seq)
-    .bind(kind.as_str())
-    .bind(encode(subscription))
-    .bind(previous_license_count as i64)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(seq)
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // Each partner's in batch order.
+    let mut partners: Vec<(&str, Vec<&Waiting>)> = Vec::new();
+    for row in &rows {
+        match partners.iter_mut().find(|(p, _)| *p == row.1) {
+            Some((_, list)) => list.push(row),
+            None => partners.push((&row.1, vec![row])),
+        }
+    }
+    for (partner, list) in &partners {
+        let n = list.len() as i64;
+        let (last,): (i64,) = sqlx::query_as(
+            "INSERT INTO por_feeds (partner_tenant_id, last_seq) VALUES ($1, $2) \
+             ON CONFLICT (partner_tenant_id) DO UPDATE SET last_seq = por_feeds.last_seq + excluded.last_seq \
+             RETURNING last_seq",
+        )
+        .bind(*partner)
+        .bind(n)
+        .fetch_one(&mut *tx)
+        .await?;
+        let sql = format!(
+            "INSERT INTO notifications (partner_tenant_id, seq, kind, subscription, previous_license_count, created_at) VALUES {}",
+            placeholders(list.len(), 6)
+        );
+        let mut insert = sqlx::query(&sql);
+        for (i, (_, _, kind, sub, prev, at)) in list.iter().enumerate() {
+            insert = insert
+                .bind(*partner)
+                .bind(last - n + 1 + i as i64)
+                .bind(kind.as_str())
+                .bind(sub.as_str())
+                .bind(*prev)
+                .bind(*at);
+        }
+        insert.execute(&mut *tx).await?;
+    }
+    let sql = format!(
+        "DELETE FROM notification_outbox WHERE id IN ({})",
+        (1..=rows.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut delete = sqlx::query(&sql);
+    for row in &rows {
+        delete = delete.bind(row.0.as_str());
+    }
+    delete.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
+/// id, partner, kind, subscription, previous license count, created at.
+type Waiting = (String, String, String, String, i64, i64);
+
+/// `($1, …, $width), ($width+1, …)`, `rows` times.
+fn placeholders(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Up to `limit` of `partner`'s notifications after `after`, oldest first.

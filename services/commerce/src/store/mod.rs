@@ -8,11 +8,18 @@ pub mod subscriptions;
 use base64::{engine::general_purpose::STANDARD_NO_PAD as B64, Engine};
 use sovra_runtime::{db::Migration, Error};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "commerce",
-    sql: include_str!("../../migrations/0001_commerce.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "commerce",
+        sql: include_str!("../../migrations/0001_commerce.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "notification_outbox",
+        sql: include_str!("../../migrations/0002_notification_outbox.sql"),
+    },
+];
 
 /// A stored value that no longer parses: the row is corrupt.
 pub(crate) fn corrupt(table: &str, id: &str, column: &str) -> Error {
