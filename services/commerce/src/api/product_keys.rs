@@ -320,48 +320,48 @@ impl Commerce {
         partner: &TenantId,
         customer: &TenantId,
     ) -> Result<(Subscription, bool), Error> {
+        let now = self.now();
+        let id = uuid::Uuid::now_v7().to_string();
+        if let Some(k) = product_keys::claim(tx, hash, claimant, partner.as_str(), &id, now).await?
+        {
+            // Ours. A refusal below rolls the claim back with the rest.
+            let product = self
+                .catalog()
+                .product("product_key", &k.product_id)
+                .map_err(|_| {
+                    Error::failed_precondition(
+                        "PRODUCT_WITHDRAWN",
+                        format!(
+                            "this key's product {} is no longer sold in this instance",
+                            k.product_id
+                        ),
+                    )
+                })?;
+            let s = self.new_subscription(NewSubscription {
+                customer: customer.as_str(),
+                product,
+                state: SubscriptionState::Active,
+                source: Source::ProductKey,
+                license_count: k.license_count,
+                partner_of_record: partner.as_str(),
+                end_at: Some(end_of_term(now, k.term_days)),
+            });
+            return Ok((Subscription { id, ..s }, true));
+        }
+        // Not claimable: unknown, someone else's, or this claimant's own
+        // claim from before its answer was stored (by a version that
+        // committed the two apart).
         let stored = product_keys::get(&mut **tx, hash)
             .await?
             .ok_or_else(not_found)?;
         match (&stored.redeemed_by, &stored.subscription_id) {
-            // Claimed by this request before its answer was stored (by a
-            // version that committed the two apart).
             (Some(by), Some(id)) if by == claimant => {
                 let s = subscriptions::get(&mut **tx, customer.as_str(), id)
                     .await?
                     .ok_or_else(|| Error::internal("a claimed key's subscription is missing"))?;
                 Ok((s, false))
             }
-            (Some(_), _) => Err(already_redeemed()),
-            (None, _) => {
-                let product = self
-                    .catalog()
-                    .product("product_key", &stored.product_id)
-                    .map_err(|_| {
-                        Error::failed_precondition(
-                            "PRODUCT_WITHDRAWN",
-                            format!(
-                                "this key's product {} is no longer sold in this instance",
-                                stored.product_id
-                            ),
-                        )
-                    })?;
-                let now = self.now();
-                let s = self.new_subscription(NewSubscription {
-                    customer: customer.as_str(),
-                    product,
-                    state: SubscriptionState::Active,
-                    source: Source::ProductKey,
-                    license_count: stored.license_count,
-                    partner_of_record: partner.as_str(),
-                    end_at: Some(end_of_term(now, stored.term_days)),
-                });
-                if !product_keys::claim(tx, hash, claimant, partner.as_str(), &s.id, now).await? {
-                    // Another redemption claimed it first; ours rolls back.
-                    return Err(already_redeemed());
-                }
-                Ok((s, true))
-            }
+            _ => Err(already_redeemed()),
         }
     }
 }

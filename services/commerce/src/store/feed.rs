@@ -1,10 +1,11 @@
-//! The partner-of-record feed: `por_feeds` (a counter per partner),
-//! `notifications`, and `notification_outbox` (notifications waiting for
-//! their sequence).
+//! The partner-of-record feed: `notifications`, and `notification_outbox`
+//! (notifications waiting for their sequence).
 //!
 //! A change writes its notification in its own transaction, one of two
-//! ways ([`Numbering`]). Either way a partner's sequences commit in order
-//! with no gaps, which is what resuming a stream relies on.
+//! ways ([`Numbering`]). Either way a partner's next sequence is one more
+//! than its highest, taken by one writer at a time, so a partner's
+//! sequences commit in order with no gaps, which is what resuming a stream
+//! relies on.
 
 use sovra_proto::commerce::v1 as pb;
 use sovra_runtime::{
@@ -20,13 +21,13 @@ use crate::domain::states::NotificationKind;
 /// How a change's notification gets its sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Numbering {
-    /// In the change's transaction, from the partner's `por_feeds` row. The
-    /// row stays locked until the commit. SQLite writes one transaction at a
-    /// time anyway, so that costs nothing there.
+    /// In the change's transaction. Needs one writing transaction at a time,
+    /// which SQLite has anyway.
     Inline,
     /// Into `notification_outbox`; [`sequence_waiting`] numbers it after the
-    /// commit. On PostgreSQL the `por_feeds` row lock, held through each
-    /// commit, lined up every concurrent change for a partner.
+    /// commit. On PostgreSQL, numbering in the transaction serialised every
+    /// change for a partner from its notification to its commit (a counter
+    /// row's lock, held through each commit).
     Deferred,
 }
 
@@ -55,24 +56,16 @@ pub struct Entry<'a> {
 pub async fn append(tx: &mut Tx, numbering: Numbering, e: Entry<'_>) -> Result<(), Error> {
     match numbering {
         Numbering::Inline => {
-            let (seq,): (i64,) = sqlx::query_as(
-                "INSERT INTO por_feeds (partner_tenant_id, last_seq) VALUES ($1, 1) \
-                 ON CONFLICT (partner_tenant_id) DO UPDATE SET last_seq = por_feeds.last_seq + 1 \
-                 RETURNING last_seq",
-            )
-            .bind(e.partner)
-            .fetch_one(&mut **tx)
-            .await?;
             sqlx::query(
                 "INSERT INTO notifications (partner_tenant_id, seq, kind, subscription, previous_license_count, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM notifications WHERE partner_tenant_id = $6",
             )
             .bind(e.partner)
-            .bind(seq)
             .bind(e.kind.as_str())
             .bind(encode(e.subscription))
             .bind(e.previous_license_count as i64)
             .bind(e.at)
+            .bind(e.partner)
             .execute(&mut **tx)
             .await?;
         }
@@ -142,14 +135,10 @@ pub async fn sequence_waiting(db: &Db, limit: usize) -> Result<usize, Error> {
         }
     }
     for (partner, list) in &partners {
-        let n = list.len() as i64;
         let (last,): (i64,) = sqlx::query_as(
-            "INSERT INTO por_feeds (partner_tenant_id, last_seq) VALUES ($1, $2) \
-             ON CONFLICT (partner_tenant_id) DO UPDATE SET last_seq = por_feeds.last_seq + excluded.last_seq \
-             RETURNING last_seq",
+            "SELECT COALESCE(MAX(seq), 0) FROM notifications WHERE partner_tenant_id = $1",
         )
         .bind(*partner)
-        .bind(n)
         .fetch_one(&mut *tx)
         .await?;
         let sql = format!(
@@ -160,7 +149,7 @@ pub async fn sequence_waiting(db: &Db, limit: usize) -> Result<usize, Error> {
         for (i, (_, _, kind, sub, prev, at)) in list.iter().enumerate() {
             insert = insert
                 .bind(*partner)
-                .bind(last - n + 1 + i as i64)
+                .bind(last + 1 + i as i64)
                 .bind(kind.as_str())
                 .bind(sub.as_str())
                 .bind(*prev)

@@ -61,7 +61,7 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
 
 /// Claims an unredeemed key for one redemption: the exactly-once step. A
 /// single conditional UPDATE, so of any number of concurrent claims one
-/// wins and the rest see zero rows.
+/// wins (and gets the key's product and terms) and the rest see no row.
 pub async fn claim(
     tx: &mut Tx,
     key_hash: &str,
@@ -69,17 +69,30 @@ pub async fn claim(
     partner: &str,
     subscription_id: &str,
     now: Millis,
-) -> Result<bool, Error> {
-    let r = sqlx::query(
+) -> Result<Option<Claimed>, Error> {
+    let row: Option<(String, i64, i64)> = sqlx::query_as(
         "UPDATE product_keys SET redeemed_at = $2, redeemed_by = $3, partner_tenant_id = $4, \
-         subscription_id = $5 WHERE key_hash = $1 AND redeemed_at IS NULL",
+         subscription_id = $5 WHERE key_hash = $1 AND redeemed_at IS NULL \
+         RETURNING product_id, license_count, term_days",
     )
     .bind(key_hash)
     .bind(now)
     .bind(redeemed_by)
     .bind(partner)
     .bind(subscription_id)
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
-    Ok(r.rows_affected() == 1)
+    Ok(row.map(|(product_id, license_count, term_days)| Claimed {
+        product_id,
+        license_count: license_count as u32,
+        term_days: term_days as u32,
+    }))
+}
+
+/// What a claimed key gives.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub product_id: String,
+    pub license_count: u32,
+    pub term_days: u32,
 }
