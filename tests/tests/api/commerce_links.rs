@@ -401,6 +401,53 @@ async fn self_service_follows_the_instance(backend: Backend) {
 }
 backend_test!(self_service_follows_the_instance);
 
+/// The partner's agent offers `licenses` of office-enterprise and the
+/// customer's admin buys it with `request_id`: the subscription bought.
+async fn offer_and_buy(
+    app: &TestApp,
+    agent: &str,
+    partner: &Tenant,
+    customer: &Tenant,
+    licenses: i32,
+    request_id: String,
+) -> com::Subscription {
+    let offer = app
+        .offers()
+        .create_purchase_offer(req(
+            agent,
+            com::CreatePurchaseOfferRequest {
+                partner_tenant_id: partner.id.clone(),
+                lines: vec![com::OfferLine {
+                    product_id: "office-enterprise".into(),
+                    license_count: licenses,
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .offer
+        .unwrap();
+    app.offers()
+        .redeem_purchase_offer(req(
+            &customer.admin_token,
+            com::RedeemPurchaseOfferRequest {
+                request_id,
+                code: offer.code,
+                customer: existing(&customer.id),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .redemption
+        .unwrap()
+        .subscriptions
+        .remove(0)
+}
+
 async fn a_resumed_stream_misses_and_repeats_nothing(backend: Backend) {
     let app = Arc::new(TestApp::spawn(backend).await);
     let partner = app.partner("Watcher", ADVISOR).await;
@@ -413,37 +460,15 @@ async fn a_resumed_stream_misses_and_repeats_nothing(backend: Backend) {
         let partner = partner.clone();
         let customer = customer.clone();
         async move {
-            let offer = app
-                .offers()
-                .create_purchase_offer(req(
-                    &agent,
-                    com::CreatePurchaseOfferRequest {
-                        request_id: String::new(),
-                        partner_tenant_id: partner.id.clone(),
-                        lines: vec![com::OfferLine {
-                            product_id: "office-enterprise".into(),
-                            license_count: n as i32 + 1,
-                        }],
-                        include_delegated_admin: false,
-                    },
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .offer
-                .unwrap();
-            app.offers()
-                .redeem_purchase_offer(req(
-                    &customer.admin_token,
-                    com::RedeemPurchaseOfferRequest {
-                        request_id: format!("buy-{n}"),
-                        code: offer.code,
-                        customer: existing(&customer.id),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .unwrap();
+            offer_and_buy(
+                &app,
+                &agent,
+                &partner,
+                &customer,
+                n as i32 + 1,
+                format!("buy-{n}"),
+            )
+            .await;
         }
     };
     let watch = |after: i64| {
@@ -530,42 +555,8 @@ async fn a_busy_partners_feed_is_gapless_and_in_order(backend: Backend) {
             let customer = app
                 .tenant(TenantKind::Customer, &format!("Buyer {n}"))
                 .await;
-            let offer = app
-                .offers()
-                .create_purchase_offer(req(
-                    &agent,
-                    com::CreatePurchaseOfferRequest {
-                        partner_tenant_id: partner.id.clone(),
-                        lines: vec![com::OfferLine {
-                            product_id: "office-enterprise".into(),
-                            license_count: 1,
-                        }],
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .offer
-                .unwrap();
-            let mut sub = app
-                .offers()
-                .redeem_purchase_offer(req(
-                    &customer.admin_token,
-                    com::RedeemPurchaseOfferRequest {
-                        request_id: format!("buy-{n}"),
-                        code: offer.code,
-                        customer: existing(&customer.id),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .redemption
-                .unwrap()
-                .subscriptions
-                .remove(0);
+            let mut sub =
+                offer_and_buy(&app, &agent, &partner, &customer, 1, format!("buy-{n}")).await;
             for c in 0..CHANGES {
                 sub = app
                     .subscriptions()

@@ -158,11 +158,8 @@ pub async fn sequence_waiting(db: &Db, limit: usize) -> Result<usize, Error> {
         insert.execute(&mut *tx).await?;
     }
     let sql = format!(
-        "DELETE FROM notification_outbox WHERE id IN ({})",
-        (1..=rows.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "DELETE FROM notification_outbox WHERE id IN {}",
+        placeholders(1, rows.len())
     );
     let mut delete = sqlx::query(&sql);
     for row in &rows {
