@@ -117,7 +117,7 @@ impl Idempotency {
             if is_unique_violation(&e) {
                 // Two identical requests raced; the other one's commit won.
                 Error::aborted(
-                    "REQUEST_IN_FLIGHT",
+                    IN_FLIGHT,
                     "a request with this request_id was being processed at the same time: retry to get its result",
                 )
             } else {
@@ -151,6 +151,27 @@ pub async fn replay_read<M: Message + Default>(
         None => Ok(None),
     }
 }
+
+/// For a mutation that skips the lookup before it writes (one statement
+/// fewer): one whose work a retry may redo up to its commit, because it
+/// only creates rows with fresh ids. When its commit failed with `err`
+/// because the request id was already used, this is the stored result (or
+/// the refusal of a different request under the same id); otherwise `err`.
+pub async fn after_commit_failed<M: Message + Default>(
+    idem: &Option<Idempotency>,
+    db: &Db,
+    err: Error,
+) -> Result<M, Error> {
+    if err.reason == IN_FLIGHT {
+        if let Some(prev) = replay_read(idem, db).await? {
+            return Ok(prev);
+        }
+    }
+    Err(err)
+}
+
+/// The reason of a request id stored by a twin of the request meanwhile.
+const IN_FLIGHT: &str = "REQUEST_IN_FLIGHT";
 
 /// Stores a result inside `tx`, when the request had a request_id.
 pub async fn remember<M: Message>(

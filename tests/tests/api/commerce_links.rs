@@ -786,3 +786,84 @@ async fn a_redemption_cut_off_midway_fails_and_its_retry_completes(backend: Back
     assert_eq!(done.subscriptions.len(), 1);
 }
 backend_test!(a_redemption_cut_off_midway_fails_and_its_retry_completes);
+
+/// Creating a link looks up no earlier answer before it writes: a retry
+/// writes a new link, finds its request id taken at the commit, rolls back
+/// and answers the first result.
+async fn a_retried_offer_creation_answers_the_first_offer(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let partner = app.partner("Retry Partner", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let create = |request_id: &str, licenses: i32| {
+        let mut offers = app.offers();
+        let r = req(
+            &agent,
+            com::CreatePurchaseOfferRequest {
+                request_id: request_id.into(),
+                partner_tenant_id: partner.id.clone(),
+                lines: vec![com::OfferLine {
+                    product_id: "office-business".into(),
+                    license_count: licenses,
+                }],
+                include_delegated_admin: false,
+            },
+        );
+        async move { offers.create_purchase_offer(r).await }
+    };
+    let offers = || app.com_count("SELECT COUNT(*) FROM commerce_links");
+    let audited = || {
+        app.com_count(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'commerce.purchase_offer.create'",
+        )
+    };
+
+    let first = create("offer-1", 10)
+        .await
+        .unwrap()
+        .into_inner()
+        .offer
+        .unwrap();
+    let again = create("offer-1", 10)
+        .await
+        .unwrap()
+        .into_inner()
+        .offer
+        .unwrap();
+    assert_eq!(
+        again, first,
+        "the retry answers the first offer, code and all"
+    );
+    assert_eq!((offers().await, audited().await), (1, 1));
+
+    // The same id for another request is refused, and writes nothing.
+    let s = expect_invalid(create("offer-1", 11).await, "request_id");
+    assert!(s.message().contains("different request"), "{}", s.message());
+    assert_eq!((offers().await, audited().await), (1, 1));
+
+    // Eight twins at once: one offer; each twin answers it, or is told to
+    // retry while the first was still committing, and its retry answers it.
+    let twins: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(create("offer-2", 10)))
+        .collect();
+    let mut answered = Vec::new();
+    for t in twins {
+        match t.await.unwrap() {
+            Ok(r) => answered.push(r.into_inner().offer.unwrap()),
+            Err(s) => {
+                assert_eq!(s.code(), Code::Aborted, "{s:?}");
+                answered.push(
+                    create("offer-2", 10)
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .offer
+                        .unwrap(),
+                );
+            }
+        }
+    }
+    assert!(answered.iter().all(|o| *o == answered[0]));
+    assert_ne!(answered[0].id, first.id);
+    assert_eq!((offers().await, audited().await), (2, 2));
+}
+backend_test!(a_retried_offer_creation_answers_the_first_offer);

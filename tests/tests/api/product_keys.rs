@@ -248,14 +248,44 @@ async fn a_second_key_for_a_customer_leaves_its_relationship_row_alone(backend: 
         .contains(&(rel::RelationshipKind::Advisor as i32)));
     assert_eq!(after.update_time, after.create_time);
     assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 2);
-    // Both redemptions are in the customer's audit trail all the same.
+    // The second was answered from a read: relationships wrote nothing for
+    // it, neither an audit record nor a remembered request id.
     assert_eq!(
         app.rel_count(
             "SELECT COUNT(*) FROM audit_events WHERE action = 'relationships.advisor.record'"
         )
         .await,
+        1
+    );
+    assert_eq!(
+        app.rel_count(
+            "SELECT COUNT(*) FROM idempotency_keys WHERE method = 'RecordAdvisorRelationship'"
+        )
+        .await,
+        1
+    );
+    // Both redemptions are in the customer's audit trail all the same.
+    assert_eq!(
+        app.com_count(&format!(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'commerce.product_key.redeem' \
+             AND tenant_id = '{}'",
+            customer.id
+        ))
+        .await,
         2
     );
+    // A retry of the second (same request id) answers the same again.
+    let again = app
+        .keys()
+        .redeem_product_key(req(
+            &agent,
+            redeem(&partner, &customer, &keys[1], "repeat-1"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.subscription.is_some());
+    assert_eq!(row().await.update_time, after.update_time);
 }
 backend_test!(a_second_key_for_a_customer_leaves_its_relationship_row_alone);
 

@@ -6,7 +6,7 @@ use sovra_runtime::{
     auth::{trace_id, Ctx},
     clock::to_timestamp,
     features::Feature,
-    idempotency::{replay, Idempotency},
+    idempotency::{after_commit_failed, replay, Idempotency},
     links::check_live,
     metrics::business,
     paging, Error,
@@ -105,10 +105,10 @@ impl Commerce {
             expires_at: now + self.cfg().link_ttl_ms,
             revoked_at: None,
         };
+        // No lookup of an earlier answer first: a retry writes a link with a
+        // fresh id, and the request id's uniqueness turns it into a replay
+        // at the commit (see `after_commit_failed`).
         let mut tx = self.db().begin().await?;
-        if let Some(prev) = replay(&idem, &mut tx).await? {
-            return Ok(prev);
-        }
         links::insert(&mut tx, &link).await?;
         let resp = respond(&link, &issued.code);
         let change = Change {
@@ -120,8 +120,12 @@ impl Commerce {
             },
             target: format!("{}s/{}", n.kind.as_str(), link.id),
         };
-        self.commit(tx, ctx, Some(change), n.request_id, &idem, &resp)
-            .await?;
+        if let Err(e) = self
+            .commit(tx, ctx, Some(change), n.request_id, &idem, &resp)
+            .await
+        {
+            return after_commit_failed(&idem, self.db(), e).await;
+        }
         business::link_created(n.kind.as_str());
         Ok(resp)
     }

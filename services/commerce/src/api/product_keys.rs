@@ -20,7 +20,7 @@ use sovra_runtime::{
     auth::Ctx,
     db::Tx,
     features::Feature,
-    idempotency::{replay, Idempotency},
+    idempotency::{replay, replay_read, Idempotency},
     ids::TenantId,
     Error,
 };
@@ -226,29 +226,33 @@ impl Commerce {
         // 1. Claim the key and create its subscription, or find our own claim.
         let hash = key.hash();
         // Fail fast: a key someone else redeemed, or is redeeming now.
-        match product_keys::get(self.db().read(), &hash).await? {
+        let ours = match product_keys::get(self.db().read(), &hash).await? {
             None => return Err(not_found()),
-            Some(k) if k.redeemed_by.as_ref().is_some_and(|by| *by != claimant) => {
-                return Err(already_redeemed())
-            }
-            Some(_) => {}
-        }
+            Some(k) => match &k.redeemed_by {
+                Some(by) if *by != claimant => return Err(already_redeemed()),
+                by => by.is_some(),
+            },
+        };
         let _holding = self
             .inner
             .redeeming
             .try_hold(&hash)
             .ok_or_else(being_redeemed)?;
-        let mut tx = self.db().begin().await?;
-        let (answer, wrote) = match replay::<pb::RedeemProductKeyResponse>(&idem, &mut tx).await? {
+        // Only a key this request claimed before can have a stored answer:
+        // a first attempt skips the lookup. (A twin of this request racing
+        // in another replica loses on the idempotency key's uniqueness.)
+        let prev = if ours {
+            replay_read::<pb::RedeemProductKeyResponse>(&idem, self.db()).await?
+        } else {
+            None
+        };
+        let (answer, wrote) = match prev {
             // Answered before: the relationships step below runs again (it
             // replays there too), so a redemption cut off between the two
             // finishes, and the answer carries its delegated-admin offer.
-            // The writer is not held across that call.
-            Some(prev) => {
-                drop(tx);
-                (prev, false)
-            }
+            Some(prev) => (prev, false),
             None => {
+                let mut tx = self.db().begin().await?;
                 let (sub, claimed_now) = self
                     .claim_key(&mut tx, &hash, &claimant, &partner, &customer)
                     .await?;

@@ -18,7 +18,7 @@ use sovra_proto::{commerce::v1 as pb, identity::v1 as idpb, relationships::v1 as
 use sovra_runtime::{
     auth::{caller, trace_id, Caller, Ctx, UserCaller},
     clock::to_timestamp,
-    idempotency::{replay, replay_read, Idempotency},
+    idempotency::{replay_read, Idempotency},
     Error, ErrorCode,
 };
 use tonic::Request;
@@ -239,10 +239,10 @@ impl Commerce {
             caller: customer.actor.clone(),
             trace_id: trace.to_owned(),
         };
+        // No second replay lookup in here: a twin of this request that
+        // committed meanwhile holds the (link, customer) redemption, and
+        // recording ours below finds it and answers its result.
         let mut tx = self.db().begin().await?;
-        if let Some(prev) = replay(&idem, &mut tx).await? {
-            return Ok(prev);
-        }
         let now = self.now();
         let mut subs = Vec::with_capacity(lines.len());
         for l in &lines {

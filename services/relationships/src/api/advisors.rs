@@ -1,7 +1,7 @@
 //! `sovra.relationships.v1.AdvisorService`: what commerce records when a
 //! partner wins a customer through a trial, an offer or a product key.
 
-use sovra_proto::relationships::v1 as pb;
+use sovra_proto::{identity::v1 as idpb, relationships::v1 as pb};
 use sovra_runtime::{
     auth::Ctx,
     idempotency::{replay, Idempotency},
@@ -18,7 +18,7 @@ use crate::{
     domain::states::LinkKind,
     service::{Change, Relationships},
     store::{
-        customers,
+        customers::{self, CustomerRow},
         delegated::{self, Relationship},
         links,
     },
@@ -53,6 +53,20 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
         }
         let idem = Idempotency::new(&ctx.caller, "RecordAdvisorRelationship", &r.request_id, &r)?;
         let c = self.customer(&ctx, "customer_tenant_id", &customer).await?;
+        // Already on record with nothing to change (a partner's second key or
+        // offer for a customer): answered from a read, with no write
+        // transaction. Nothing changes, so there is nothing to audit or to
+        // remember; a retry reads the row again.
+        if change == pb::DelegatedAdminChange::None {
+            let held =
+                customers::get(self.db().read(), partner.as_str(), customer.as_str()).await?;
+            if let Some(row) = held.filter(|h| on_record(h, &c, r.partner_of_record)) {
+                return Ok(Response::new(pb::RecordAdvisorRelationshipResponse {
+                    customer: Some(customer_to_pb(&row)),
+                    ..Default::default()
+                }));
+            }
+        }
         let mut tx = self.db().begin().await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
@@ -63,12 +77,9 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
         // it does not write it: concurrent redemptions for one customer do
         // not queue on its row lock.
         let held = customers::get(&mut *tx, partner.as_str(), customer.as_str()).await?;
-        let recorded = held.as_ref().is_some_and(|h| {
-            h.advisor
-                && (h.partner_of_record || !r.partner_of_record)
-                && h.display_name == c.display_name
-                && h.primary_domain == c.primary_domain
-        });
+        let recorded = held
+            .as_ref()
+            .is_some_and(|h| on_record(h, &c, r.partner_of_record));
         if !recorded {
             customers::touch(
                 &mut tx,
@@ -156,4 +167,13 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
         self.outbox().deliver_now(&grants).await;
         Ok(Response::new(resp))
     }
+}
+
+/// Whether `held` already records the partner as `customer`'s advisor (and
+/// partner of record, when asked), under the customer's current name.
+fn on_record(held: &CustomerRow, customer: &idpb::Tenant, partner_of_record: bool) -> bool {
+    held.advisor
+        && (held.partner_of_record || !partner_of_record)
+        && held.display_name == customer.display_name
+        && held.primary_domain == customer.primary_domain
 }
