@@ -867,3 +867,91 @@ async fn a_retried_offer_creation_answers_the_first_offer(backend: Backend) {
     assert_eq!((offers().await, audited().await), (2, 2));
 }
 backend_test!(a_retried_offer_creation_answers_the_first_offer);
+
+/// A link's redemption count is counted from its redemptions: customers
+/// redeeming one offer at once are each counted once, and a repeat by the
+/// same customer is not counted again.
+async fn an_offers_redemption_count_counts_each_customer_once(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let partner = app.partner("Counted Partner", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let offer = app
+        .offers()
+        .create_purchase_offer(req(
+            &agent,
+            com::CreatePurchaseOfferRequest {
+                partner_tenant_id: partner.id.clone(),
+                lines: vec![com::OfferLine {
+                    product_id: "office-business".into(),
+                    license_count: 3,
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .offer
+        .unwrap();
+    assert_eq!(offer.redemption_count, 0);
+    let mut buyers = Vec::new();
+    for n in 0..4 {
+        let (app, code) = (app.clone(), offer.code.clone());
+        buyers.push(tokio::spawn(async move {
+            let customer = app
+                .tenant(TenantKind::Customer, &format!("Counted Buyer {n}"))
+                .await;
+            let buy = |request_id: &str| {
+                let mut offers = app.offers();
+                let r = req(
+                    &customer.admin_token,
+                    com::RedeemPurchaseOfferRequest {
+                        request_id: request_id.into(),
+                        code: code.clone(),
+                        customer: existing(&customer.id),
+                        ..Default::default()
+                    },
+                );
+                async move { offers.redeem_purchase_offer(r).await.unwrap() }
+            };
+            buy("first").await;
+            // Again, under another request id: the first result, not counted.
+            buy("again").await;
+        }));
+    }
+    for b in buyers {
+        b.await.unwrap();
+    }
+    let got = app
+        .offers()
+        .get_purchase_offer(req(
+            &agent,
+            com::GetPurchaseOfferRequest {
+                partner_tenant_id: partner.id.clone(),
+                id: offer.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .offer
+        .unwrap();
+    assert_eq!(got.redemption_count, 4);
+    let listed = app
+        .offers()
+        .list_purchase_offers(req(
+            &agent,
+            com::ListPurchaseOffersRequest {
+                partner_tenant_id: partner.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .offers;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].redemption_count, 4);
+    assert_eq!(app.com_count("SELECT COUNT(*) FROM redemptions").await, 4);
+}
+backend_test!(an_offers_redemption_count_counts_each_customer_once);

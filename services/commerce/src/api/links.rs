@@ -99,7 +99,7 @@ impl Commerce {
             lines: n.lines,
             include_delegated_admin: n.include_delegated_admin,
             url: issued.url,
-            redemption_count: 0,
+            redemption_count: Some(0),
             created_by: ctx.caller.principal(),
             created_at: now,
             expires_at: now + self.cfg().link_ttl_ms,
@@ -144,7 +144,7 @@ impl Commerce {
             return Err(Error::invalid("id", "is required"));
         }
         self.require(ctx, &partner, p).await?;
-        links::get(self.db().read(), id)
+        links::get_counted(self.db().read(), id)
             .await?
             .filter(|l| l.kind == kind && l.partner_tenant_id == partner.as_str())
             .ok_or_else(|| {

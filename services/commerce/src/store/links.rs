@@ -22,7 +22,9 @@ pub struct LinkRecord {
     pub lines: Vec<Line>,
     pub include_delegated_admin: bool,
     pub url: String,
-    pub redemption_count: i64,
+    /// Counted from `redemptions` by the reads for display ([`get_counted`],
+    /// [`page`]); None from [`get`], which a redemption reads.
+    pub redemption_count: Option<i64>,
     pub created_by: String,
     pub created_at: Millis,
     pub expires_at: Millis,
@@ -30,7 +32,14 @@ pub struct LinkRecord {
 }
 
 const COLUMNS: &str = "id, kind, partner_tenant_id, lines, include_delegated_admin, url, \
-                       redemption_count, created_by, created_at, expires_at, revoked_at";
+                       created_by, created_at, expires_at, revoked_at";
+
+/// [`COLUMNS`] and the link's redemptions, counted on the primary key's
+/// index (`redemptions` is keyed by link first).
+const COUNTED: &str = "id, kind, partner_tenant_id, lines, include_delegated_admin, url, \
+                       created_by, created_at, expires_at, revoked_at, \
+                       (SELECT COUNT(*) FROM redemptions r WHERE r.link_id = commerce_links.id) \
+                       AS redemption_count";
 
 fn encode_lines(lines: &[Line]) -> String {
     lines
@@ -57,6 +66,14 @@ fn decode_lines(id: &str, s: &str) -> Result<Vec<Line>, Error> {
 }
 
 fn from_row(r: &AnyRow) -> Result<LinkRecord, Error> {
+    link_from_row(r, false)
+}
+
+fn counted_from_row(r: &AnyRow) -> Result<LinkRecord, Error> {
+    link_from_row(r, true)
+}
+
+fn link_from_row(r: &AnyRow, counted: bool) -> Result<LinkRecord, Error> {
     let id: String = r.try_get("id")?;
     let kind: String = r.try_get("kind")?;
     let lines: String = r.try_get("lines")?;
@@ -66,7 +83,11 @@ fn from_row(r: &AnyRow) -> Result<LinkRecord, Error> {
         lines: decode_lines(&id, &lines)?,
         include_delegated_admin: r.try_get::<i64, _>("include_delegated_admin")? != 0,
         url: r.try_get("url")?,
-        redemption_count: r.try_get("redemption_count")?,
+        redemption_count: if counted {
+            Some(r.try_get("redemption_count")?)
+        } else {
+            None
+        },
         created_by: r.try_get("created_by")?,
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
@@ -78,8 +99,8 @@ fn from_row(r: &AnyRow) -> Result<LinkRecord, Error> {
 pub async fn insert(tx: &mut Tx, l: &LinkRecord) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO commerce_links (id, kind, partner_tenant_id, lines, include_delegated_admin, url, \
-         redemption_count, created_by, created_at, expires_at, revoked_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, NULL)",
+         created_by, created_at, expires_at, revoked_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
     )
     .bind(&l.id)
     .bind(l.kind.as_str())
@@ -95,6 +116,7 @@ pub async fn insert(tx: &mut Tx, l: &LinkRecord) -> Result<(), Error> {
     Ok(())
 }
 
+/// The link, without its redemption count (what a redemption reads).
 pub async fn get<'e, E: Executor<'e, Database = Any>>(
     ex: E,
     id: &str,
@@ -108,6 +130,20 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
     row.as_ref().map(from_row).transpose()
 }
 
+/// The link with its redemption count, for display.
+pub async fn get_counted<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    id: &str,
+) -> Result<Option<LinkRecord>, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {COUNTED} FROM commerce_links WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(ex)
+    .await?;
+    row.as_ref().map(counted_from_row).transpose()
+}
+
 /// A partner's links of one kind, newest first, after the keyset position.
 pub async fn page(
     pool: &AnyPool,
@@ -118,7 +154,7 @@ pub async fn page(
 ) -> Result<Vec<LinkRecord>, Error> {
     let (t, id) = before.unwrap_or((i64::MAX, String::new()));
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM commerce_links WHERE partner_tenant_id = $1 AND kind = $2 \
+        "SELECT {COUNTED} FROM commerce_links WHERE partner_tenant_id = $1 AND kind = $2 \
          AND (created_at < $3 OR (created_at = $3 AND ($4 = '' OR id < $4))) \
          ORDER BY created_at DESC, id DESC LIMIT $5"
     ))
@@ -129,7 +165,7 @@ pub async fn page(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    rows.iter().map(from_row).collect()
+    rows.iter().map(counted_from_row).collect()
 }
 
 pub async fn revoke(tx: &mut Tx, id: &str, now: Millis) -> Result<(), Error> {
@@ -157,7 +193,7 @@ pub async fn redemption<'e, E: Executor<'e, Database = Any>>(
     Ok(row.map(|r| r.0))
 }
 
-/// Records a redemption and counts it on the link. False when this link and
+/// Records a redemption. False when this link and
 /// customer already had one (a concurrent redemption won).
 pub async fn record_redemption(
     tx: &mut Tx,
@@ -176,12 +212,5 @@ pub async fn record_redemption(
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    if r.rows_affected() == 0 {
-        return Ok(false);
-    }
-    sqlx::query("UPDATE commerce_links SET redemption_count = redemption_count + 1 WHERE id = $1")
-        .bind(link)
-        .execute(&mut **tx)
-        .await?;
-    Ok(true)
+    Ok(r.rows_affected() > 0)
 }

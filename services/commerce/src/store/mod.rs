@@ -19,6 +19,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "notification_outbox",
         sql: include_str!("../../migrations/0002_notification_outbox.sql"),
     },
+    Migration {
+        version: 3,
+        name: "link_redemption_count",
+        sql: include_str!("../../migrations/0003_link_redemption_count.sql"),
+    },
 ];
 
 /// A stored value that no longer parses: the row is corrupt.
