@@ -101,29 +101,50 @@ impl Idempotency {
         response: &M,
         now: Millis,
     ) -> Result<(), Error> {
-        sqlx::query(
+        let sql = self.insert_sql(1);
+        self.insert(sqlx::query(&sql), response, now, tx).await
+    }
+
+    /// The INSERT that stores a result, its six values bound from `$first`
+    /// on (so it can end a statement that binds others first).
+    pub(crate) fn insert_sql(&self, first: usize) -> String {
+        let p: Vec<String> = (first..first + 6).map(|n| format!("${n}")).collect();
+        format!(
             "INSERT INTO idempotency_keys (scope, request_id, method, request_hash, response, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             VALUES ({})",
+            p.join(", ")
         )
-        .bind(&self.scope)
-        .bind(&self.request_id)
-        .bind(self.method)
-        .bind(&self.request_hash)
-        .bind(B64.encode(response.encode_to_vec()))
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                // Two identical requests raced; the other one's commit won.
-                Error::aborted(
-                    IN_FLIGHT,
-                    "a request with this request_id was being processed at the same time: retry to get its result",
-                )
-            } else {
-                Error::from(e)
-            }
-        })?;
+    }
+
+    /// Binds the six values of [`Idempotency::insert_sql`] to `q` and runs
+    /// it in `tx`. A twin of the request that stored its result first makes
+    /// it ABORTED `REQUEST_IN_FLIGHT`.
+    pub(crate) async fn insert<'q, M: Message>(
+        &'q self,
+        q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+        response: &M,
+        now: Millis,
+        tx: &mut Tx,
+    ) -> Result<(), Error> {
+        q.bind(&self.scope)
+            .bind(&self.request_id)
+            .bind(self.method)
+            .bind(&self.request_hash)
+            .bind(B64.encode(response.encode_to_vec()))
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    // Two identical requests raced; the other one's commit won.
+                    Error::aborted(
+                        IN_FLIGHT,
+                        "a request with this request_id was being processed at the same time: retry to get its result",
+                    )
+                } else {
+                    Error::from(e)
+                }
+            })?;
         Ok(())
     }
 }
