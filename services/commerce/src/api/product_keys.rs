@@ -6,8 +6,9 @@
 //! commit; losers fail there, before any other call), then records the
 //! advisor relationship in relationships. A retry by the same caller and
 //! request id replays the answer and records the relationship again, which
-//! relationships replays in turn: a redemption cut off between the two
-//! finishes on retry.
+//! relationships replays in turn (or answers from a read, when it is
+//! already on record): a redemption cut off between the two finishes on
+//! retry.
 //!
 //! Losers fail fast rather than queue for the write lock: a key already
 //! redeemed by someone else is refused from a read before any transaction,
