@@ -65,14 +65,6 @@ fn decode_lines(id: &str, s: &str) -> Result<Vec<Line>, Error> {
         .collect()
 }
 
-fn from_row(r: &AnyRow) -> Result<LinkRecord, Error> {
-    link_from_row(r, false)
-}
-
-fn counted_from_row(r: &AnyRow) -> Result<LinkRecord, Error> {
-    link_from_row(r, true)
-}
-
 fn link_from_row(r: &AnyRow, counted: bool) -> Result<LinkRecord, Error> {
     let id: String = r.try_get("id")?;
     let kind: String = r.try_get("kind")?;
@@ -121,13 +113,7 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
     ex: E,
     id: &str,
 ) -> Result<Option<LinkRecord>, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM commerce_links WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(ex)
-    .await?;
-    row.as_ref().map(from_row).transpose()
+    get_one(ex, id, false).await
 }
 
 /// The link with its redemption count, for display.
@@ -135,13 +121,22 @@ pub async fn get_counted<'e, E: Executor<'e, Database = Any>>(
     ex: E,
     id: &str,
 ) -> Result<Option<LinkRecord>, Error> {
+    get_one(ex, id, true).await
+}
+
+async fn get_one<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    id: &str,
+    counted: bool,
+) -> Result<Option<LinkRecord>, Error> {
+    let columns = if counted { COUNTED } else { COLUMNS };
     let row = sqlx::query(&format!(
-        "SELECT {COUNTED} FROM commerce_links WHERE id = $1"
+        "SELECT {columns} FROM commerce_links WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(ex)
     .await?;
-    row.as_ref().map(counted_from_row).transpose()
+    row.as_ref().map(|r| link_from_row(r, counted)).transpose()
 }
 
 /// A partner's links of one kind, newest first, after the keyset position.
@@ -165,7 +160,7 @@ pub async fn page(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    rows.iter().map(counted_from_row).collect()
+    rows.iter().map(|r| link_from_row(r, true)).collect()
 }
 
 pub async fn revoke(tx: &mut Tx, id: &str, now: Millis) -> Result<(), Error> {
