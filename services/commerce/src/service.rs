@@ -14,6 +14,7 @@ use sovra_runtime::{
     ids::TenantId,
     links::LinkCodes,
     peers::{Access, IdentityClient, Programs},
+    writes::Writes,
     Error,
 };
 pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
@@ -238,6 +239,19 @@ impl Commerce {
         resp: &M,
     ) -> Result<(), Error> {
         audit::write(tx, self.now(), ctx, Some(change), request_id, idem, resp).await
+    }
+
+    /// Adds what [`Self::write_change`] writes to `w`; see [`audit::add`].
+    pub(crate) fn add_change<M: prost::Message>(
+        &self,
+        w: &mut Writes,
+        ctx: &Ctx,
+        change: Change<'_>,
+        request_id: &str,
+        idem: &Option<Idempotency>,
+        resp: &M,
+    ) {
+        audit::add(w, self.now(), ctx, Some(change), request_id, idem, resp)
     }
 
     /// Forgets old request ids.

@@ -8,8 +8,9 @@ use crate::{
     clock::{to_timestamp, Millis},
     db::{Db, Tx},
     error::Error,
-    idempotency::{remember, Idempotency},
+    idempotency::{write_error, Idempotency},
     paging,
+    writes::{Insert, Writes},
 };
 
 /// What a mutation changed, for the audit trail.
@@ -51,64 +52,81 @@ pub async fn write<M: prost::Message>(
     idem: &Option<Idempotency>,
     resp: &M,
 ) -> Result<(), Error> {
-    let Some(c) = change else {
-        return remember(idem, tx, resp, now).await;
-    };
-    let entry = AuditEntry {
-        tenant_id: c.tenant_id,
-        caller: &ctx.caller,
-        delegated: c.delegated,
-        action: c.action,
-        target: c.target,
-        request_id,
-        trace_id: &ctx.trace_id,
-    };
-    match idem {
-        // PostgreSQL takes both rows in one statement (a data-modifying
-        // WITH): one round trip fewer for every mutation with a request id.
-        Some(i) if tx.backend_name() == POSTGRES => {
-            let sql = format!("WITH audit AS ({AUDIT_INSERT}) {}", i.insert_sql(12));
-            let q = bind_entry(sqlx::query(&sql), now, entry);
-            i.insert(q, resp, now, tx).await
-        }
-        _ => {
-            record(tx, now, entry).await?;
-            remember(idem, tx, resp, now).await
-        }
+    let mut w = Writes::new();
+    add(&mut w, now, ctx, change, request_id, idem, resp);
+    w.run(tx).await.map_err(write_error)?;
+    Ok(())
+}
+
+/// Adds what [`write`] writes to `w`: for a mutation that sends its rows
+/// together (map their errors with [`write_error`]).
+#[allow(clippy::too_many_arguments)]
+pub fn add<M: prost::Message>(
+    w: &mut Writes,
+    now: Millis,
+    ctx: &Ctx,
+    change: Option<Change<'_>>,
+    request_id: &str,
+    idem: &Option<Idempotency>,
+    resp: &M,
+) {
+    if let Some(c) = change {
+        w.insert(row(
+            now,
+            AuditEntry {
+                tenant_id: c.tenant_id,
+                caller: &ctx.caller,
+                delegated: c.delegated,
+                action: c.action,
+                target: c.target,
+                request_id,
+                trace_id: &ctx.trace_id,
+            },
+        ));
+    }
+    if let Some(i) = idem {
+        w.insert(i.row(resp, now));
     }
 }
 
-/// sqlx's name for the PostgreSQL backend of an `AnyConnection`.
-const POSTGRES: &str = "PostgreSQL";
-
-/// One audit row; binds `$1` to `$11` (see [`bind_entry`]).
-const AUDIT_INSERT: &str =
-    "INSERT INTO audit_events (id, seq_time, tenant_id, actor_kind, actor_id, \
-     actor_tenant_id, delegated, action, target, result, request_id, trace_id) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'SUCCEEDED', $10, $11)";
-
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
-
-/// Binds an audit row's eleven values, in [`AUDIT_INSERT`]'s order.
-fn bind_entry<'q>(q: AnyQuery<'q>, now: Millis, e: AuditEntry<'q>) -> AnyQuery<'q> {
+/// One audit row.
+fn row(now: Millis, e: AuditEntry<'_>) -> Insert {
     let (kind, actor_id, actor_tenant) = match e.caller {
         Caller::User(u) => ("USER", u.user_id.as_str(), u.tenant_id.as_str()),
         Caller::Operator => ("OPERATOR", "operator", ""),
         Caller::Service(s) => ("SERVICE", s.as_str(), ""),
     };
+    Insert::new(
+        "audit_events",
+        &[
+            "id",
+            "seq_time",
+            "tenant_id",
+            "actor_kind",
+            "actor_id",
+            "actor_tenant_id",
+            "delegated",
+            "action",
+            "target",
+            "result",
+            "request_id",
+            "trace_id",
+        ],
+    )
     // UUIDv7 ids are monotonic within a process, so events in the same
     // millisecond keep their order.
-    q.bind(uuid::Uuid::now_v7().simple().to_string())
-        .bind(now)
-        .bind(e.tenant_id)
-        .bind(kind)
-        .bind(actor_id)
-        .bind(actor_tenant)
-        .bind(e.delegated as i64)
-        .bind(e.action)
-        .bind(e.target)
-        .bind(e.request_id)
-        .bind(e.trace_id)
+    .value(uuid::Uuid::now_v7().simple().to_string())
+    .value(now)
+    .value(e.tenant_id)
+    .value(kind)
+    .value(actor_id)
+    .value(actor_tenant)
+    .value(e.delegated as i64)
+    .value(e.action)
+    .value(e.target)
+    .value("SUCCEEDED")
+    .value(e.request_id)
+    .value(e.trace_id)
 }
 
 /// One change to record.
@@ -155,9 +173,9 @@ pub async fn record_flag_changes(
 
 /// Records a successful change (rejected calls write nothing, audit included).
 pub async fn record(tx: &mut Tx, now: Millis, e: AuditEntry<'_>) -> Result<(), Error> {
-    bind_entry(sqlx::query(AUDIT_INSERT), now, e)
-        .execute(&mut **tx)
-        .await?;
+    let mut w = Writes::new();
+    w.insert(row(now, e));
+    w.run(tx).await?;
     Ok(())
 }
 

@@ -35,7 +35,18 @@ impl Tx {
             TxKind::Grouped(tx) => tx.commit().await,
         }
     }
+
+    pub fn backend(&self) -> Backend {
+        match &self.0 {
+            TxKind::Grouped(_) => Backend::Sqlite,
+            TxKind::Plain(tx) if tx.backend_name() == POSTGRES => Backend::Postgres,
+            TxKind::Plain(_) => Backend::Sqlite,
+        }
+    }
 }
+
+/// sqlx's name for the PostgreSQL backend of an `AnyConnection`.
+const POSTGRES: &str = "PostgreSQL";
 
 impl Deref for Tx {
     type Target = AnyConnection;
@@ -363,6 +374,10 @@ impl Db {
 
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, Error> {
+        Ok(self.begin_tx().await?)
+    }
+
+    pub(crate) async fn begin_tx(&self) -> Result<Tx, sqlx::Error> {
         Ok(Tx(match &self.writer {
             Some(w) => TxKind::Grouped(w.begin().await?),
             None => TxKind::Plain(self.write.begin().await?),
@@ -382,4 +397,19 @@ impl Db {
 /// True when an error is a unique-constraint violation (both backends).
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// The table of a unique-constraint violation, when `e` is one: what a
+/// statement that writes several tables ([`crate::writes`]) maps it by.
+pub fn unique_violation_table(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => d.table().or_else(|| {
+            // SQLite names no table, only in its message:
+            // "UNIQUE constraint failed: idempotency_keys.scope, …".
+            d.message()
+                .strip_prefix("UNIQUE constraint failed: ")
+                .and_then(|cols| cols.split('.').next())
+        }),
+        _ => None,
+    }
 }

@@ -9,8 +9,9 @@ use sha2::{Digest, Sha256};
 use crate::{
     auth::Caller,
     clock::Millis,
-    db::{is_unique_violation, Db, Tx},
+    db::{unique_violation_table, Db, Tx},
     error::Error,
+    writes::{Insert, Writes},
 };
 use sqlx::{Any, Executor};
 
@@ -101,51 +102,46 @@ impl Idempotency {
         response: &M,
         now: Millis,
     ) -> Result<(), Error> {
-        let sql = self.insert_sql(1);
-        self.insert(sqlx::query(&sql), response, now, tx).await
-    }
-
-    /// The INSERT that stores a result, its six values bound from `$first`
-    /// on (so it can end a statement that binds others first).
-    pub(crate) fn insert_sql(&self, first: usize) -> String {
-        let p: Vec<String> = (first..first + 6).map(|n| format!("${n}")).collect();
-        format!(
-            "INSERT INTO idempotency_keys (scope, request_id, method, request_hash, response, created_at) \
-             VALUES ({})",
-            p.join(", ")
-        )
-    }
-
-    /// Binds the six values of [`Idempotency::insert_sql`] to `q` and runs
-    /// it in `tx`. A twin of the request that stored its result first makes
-    /// it ABORTED `REQUEST_IN_FLIGHT`.
-    pub(crate) async fn insert<'q, M: Message>(
-        &'q self,
-        q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-        response: &M,
-        now: Millis,
-        tx: &mut Tx,
-    ) -> Result<(), Error> {
-        q.bind(&self.scope)
-            .bind(&self.request_id)
-            .bind(self.method)
-            .bind(&self.request_hash)
-            .bind(B64.encode(response.encode_to_vec()))
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    // Two identical requests raced; the other one's commit won.
-                    Error::aborted(
-                        IN_FLIGHT,
-                        "a request with this request_id was being processed at the same time: retry to get its result",
-                    )
-                } else {
-                    Error::from(e)
-                }
-            })?;
+        let mut w = Writes::new();
+        w.insert(self.row(response, now));
+        w.run(tx).await.map_err(write_error)?;
         Ok(())
+    }
+
+    /// The row that stores `response`, to write with the mutation's others
+    /// (map their errors with [`write_error`]).
+    pub fn row<M: Message>(&self, response: &M, now: Millis) -> Insert {
+        Insert::new(
+            "idempotency_keys",
+            &[
+                "scope",
+                "request_id",
+                "method",
+                "request_hash",
+                "response",
+                "created_at",
+            ],
+        )
+        .value(&self.scope)
+        .value(&self.request_id)
+        .value(self.method)
+        .value(&self.request_hash)
+        .value(B64.encode(response.encode_to_vec()))
+        .value(now)
+    }
+}
+
+/// The error of writes that stored a result: a twin of the request that
+/// stored its result first makes them ABORTED `REQUEST_IN_FLIGHT`.
+pub fn write_error(e: sqlx::Error) -> Error {
+    if unique_violation_table(&e) == Some("idempotency_keys") {
+        // Two identical requests raced; the other one's commit won.
+        Error::aborted(
+            IN_FLIGHT,
+            "a request with this request_id was being processed at the same time: retry to get its result",
+        )
+    } else {
+        Error::from(e)
     }
 }
 

@@ -22,5 +22,6 @@ pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod writes;
 
 pub use error::{Error, ErrorCode, Result};

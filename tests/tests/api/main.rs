@@ -17,3 +17,4 @@ mod prometheus;
 mod tenants;
 mod traces;
 mod users;
+mod writes;

@@ -6,10 +6,12 @@ use sovra_runtime::{
     auth::{trace_id, Ctx},
     clock::to_timestamp,
     features::Feature,
-    idempotency::{after_commit_failed, replay, Idempotency},
+    idempotency::{self, after_commit_failed, replay, Idempotency},
     links::check_live,
     metrics::business,
-    paging, Error,
+    paging,
+    writes::Writes,
+    Error,
 };
 use tonic::{Request, Response};
 
@@ -107,9 +109,8 @@ impl Commerce {
         };
         // No lookup of an earlier answer first: a retry writes a link with a
         // fresh id, and the request id's uniqueness turns it into a replay
-        // at the commit (see `after_commit_failed`).
-        let mut tx = self.db().begin().await?;
-        links::insert(&mut tx, &link).await?;
+        // (see `after_commit_failed`). The link, its audit record and the
+        // answer are one statement on PostgreSQL.
         let resp = respond(&link, &issued.code);
         let change = Change {
             tenant_id: partner.as_str(),
@@ -120,11 +121,11 @@ impl Commerce {
             },
             target: format!("{}s/{}", n.kind.as_str(), link.id),
         };
-        if let Err(e) = self
-            .commit(tx, ctx, Some(change), n.request_id, &idem, &resp)
-            .await
-        {
-            return after_commit_failed(&idem, self.db(), e).await;
+        let mut w = Writes::new();
+        w.insert(links::row(&link));
+        self.add_change(&mut w, ctx, change, n.request_id, &idem, &resp);
+        if let Err(e) = w.commit(self.db()).await {
+            return after_commit_failed(&idem, self.db(), idempotency::write_error(e)).await;
         }
         business::link_created(n.kind.as_str());
         Ok(resp)

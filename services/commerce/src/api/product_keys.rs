@@ -19,7 +19,7 @@
 use sovra_proto::{commerce::v1 as pb, identity::v1 as idpb, relationships::v1 as rpb};
 use sovra_runtime::{
     auth::Ctx,
-    db::Tx,
+    clock::Millis,
     features::Feature,
     idempotency::{replay, replay_read, Idempotency},
     ids::TenantId,
@@ -29,7 +29,7 @@ use tonic::{Request, Response};
 
 use super::{
     convert::subscription_to_pb,
-    subscriptions::{end_of_term, NewSubscription},
+    subscriptions::{end_of_term, write_error, NewSubscription},
     Rpc,
 };
 use crate::{
@@ -227,12 +227,12 @@ impl Commerce {
         // 1. Claim the key and create its subscription, or find our own claim.
         let hash = key.hash();
         // Fail fast: a key someone else redeemed, or is redeeming now.
-        let ours = match product_keys::get(self.db().read(), &hash).await? {
-            None => return Err(not_found()),
-            Some(k) => match &k.redeemed_by {
-                Some(by) if *by != claimant => return Err(already_redeemed()),
-                by => by.is_some(),
-            },
+        let stored = product_keys::get(self.db().read(), &hash)
+            .await?
+            .ok_or_else(not_found)?;
+        let ours = match &stored.redeemed_by {
+            Some(by) if *by != claimant => return Err(already_redeemed()),
+            by => by.is_some(),
         };
         let _holding = self
             .inner
@@ -253,31 +253,29 @@ impl Commerce {
             // finishes, and the answer carries its delegated-admin offer.
             Some(prev) => (prev, false),
             None => {
-                let mut tx = self.db().begin().await?;
-                let (sub, claimed_now) = self
-                    .claim_key(&mut tx, &hash, &claimant, &partner, &customer)
-                    .await?;
-                let resp = pb::RedeemProductKeyResponse {
-                    subscription: Some(subscription_to_pb(&sub)),
-                    ..Default::default()
-                };
-                let change = Change {
-                    tenant_id: customer.as_str(),
-                    delegated: false,
-                    action: "commerce.product_key.redeem",
-                    target: format!(
-                        "subscriptions/{} (key …{}, partner {partner})",
-                        sub.id,
-                        key.hint()
-                    ),
-                };
-                self.write_change(&mut tx, &ctx, change, &r.request_id, &idem, &resp)
-                    .await?;
-                if claimed_now {
-                    self.insert_subscription(&mut tx, &sub).await?;
+                // A key's product and terms never change once imported: the
+                // subscription is made from the read, and the claim guards
+                // its writes (one statement on PostgreSQL).
+                let now = self.now();
+                let sub = self.key_subscription(&stored, &partner, &customer, now)?;
+                let (resp, change) = answer(&sub, &key, &partner, &customer);
+                let mut w = product_keys::claim(&hash, &claimant, partner.as_str(), &sub.id, now);
+                self.add_new_subscription(&mut w, &sub);
+                self.add_change(&mut w, &ctx, change, &r.request_id, &idem, &resp);
+                if w.commit(self.db())
+                    .await
+                    .map_err(|e| write_error(e, &sub))?
+                {
+                    (resp, true)
+                } else {
+                    let sub = self.own_claim(&hash, &claimant, &customer).await?;
+                    let (resp, change) = answer(&sub, &key, &partner, &customer);
+                    let mut tx = self.db().begin().await?;
+                    self.write_change(&mut tx, &ctx, change, &r.request_id, &idem, &resp)
+                        .await?;
+                    tx.commit().await?;
+                    (resp, false)
                 }
-                tx.commit().await?;
-                (resp, claimed_now)
             }
         };
 
@@ -314,59 +312,80 @@ impl Commerce {
         }))
     }
 
-    /// Claims the key inside `tx` for a new subscription (returned with
-    /// `true`, for the caller to write), or finds the subscription of this
-    /// claimant's own earlier claim (`false`).
-    async fn claim_key(
+    /// The subscription a key sets up.
+    fn key_subscription(
         &self,
-        tx: &mut Tx,
-        hash: &str,
-        claimant: &str,
+        k: &StoredKey,
         partner: &TenantId,
         customer: &TenantId,
-    ) -> Result<(Subscription, bool), Error> {
-        let now = self.now();
-        let id = uuid::Uuid::now_v7().to_string();
-        if let Some(k) = product_keys::claim(tx, hash, claimant, partner.as_str(), &id, now).await?
-        {
-            // Ours. A refusal below rolls the claim back with the rest.
-            let product = self
-                .catalog()
-                .product("product_key", &k.product_id)
-                .map_err(|_| {
-                    Error::failed_precondition(
-                        "PRODUCT_WITHDRAWN",
-                        format!(
-                            "this key's product {} is no longer sold in this instance",
-                            k.product_id
-                        ),
-                    )
-                })?;
-            let s = self.new_subscription(NewSubscription {
-                customer: customer.as_str(),
-                product,
-                state: SubscriptionState::Active,
-                source: Source::ProductKey,
-                license_count: k.license_count,
-                partner_of_record: partner.as_str(),
-                end_at: Some(end_of_term(now, k.term_days)),
-            });
-            return Ok((Subscription { id, ..s }, true));
-        }
-        // Not claimable: unknown, someone else's, or this claimant's own
-        // claim from before its answer was stored (by a version that
-        // committed the two apart).
-        let stored = product_keys::get(&mut **tx, hash)
+        now: Millis,
+    ) -> Result<Subscription, Error> {
+        let product = self
+            .catalog()
+            .product("product_key", &k.product_id)
+            .map_err(|_| {
+                Error::failed_precondition(
+                    "PRODUCT_WITHDRAWN",
+                    format!(
+                        "this key's product {} is no longer sold in this instance",
+                        k.product_id
+                    ),
+                )
+            })?;
+        Ok(self.new_subscription(NewSubscription {
+            customer: customer.as_str(),
+            product,
+            state: SubscriptionState::Active,
+            source: Source::ProductKey,
+            license_count: k.license_count,
+            partner_of_record: partner.as_str(),
+            end_at: Some(end_of_term(now, k.term_days)),
+        }))
+    }
+
+    /// A key the claim found taken: the subscription of this claimant's
+    /// own claim from before its answer was stored (by a version that
+    /// committed the two apart), or ALREADY_REDEEMED.
+    async fn own_claim(
+        &self,
+        hash: &str,
+        claimant: &str,
+        customer: &TenantId,
+    ) -> Result<Subscription, Error> {
+        let stored = product_keys::get(self.db().read(), hash)
             .await?
             .ok_or_else(not_found)?;
         match (&stored.redeemed_by, &stored.subscription_id) {
             (Some(by), Some(id)) if by == claimant => {
-                let s = subscriptions::get(&mut **tx, customer.as_str(), id)
+                subscriptions::get(self.db().read(), customer.as_str(), id)
                     .await?
-                    .ok_or_else(|| Error::internal("a claimed key's subscription is missing"))?;
-                Ok((s, false))
+                    .ok_or_else(|| Error::internal("a claimed key's subscription is missing"))
             }
             _ => Err(already_redeemed()),
         }
     }
+}
+
+/// A redemption's answer and audit record.
+fn answer<'a>(
+    sub: &Subscription,
+    key: &ProductKey,
+    partner: &TenantId,
+    customer: &'a TenantId,
+) -> (pb::RedeemProductKeyResponse, Change<'a>) {
+    let resp = pb::RedeemProductKeyResponse {
+        subscription: Some(subscription_to_pb(sub)),
+        ..Default::default()
+    };
+    let change = Change {
+        tenant_id: customer.as_str(),
+        delegated: false,
+        action: "commerce.product_key.redeem",
+        target: format!(
+            "subscriptions/{} (key …{}, partner {partner})",
+            sub.id,
+            key.hint()
+        ),
+    };
+    (resp, change)
 }

@@ -17,15 +17,15 @@ use sha2::{Digest, Sha256};
 use sovra_proto::{commerce::v1 as pb, identity::v1 as idpb, relationships::v1 as rpb};
 use sovra_runtime::{
     auth::{caller, trace_id, Caller, Ctx, UserCaller},
-    clock::to_timestamp,
-    idempotency::{replay_read, Idempotency},
+    clock::{to_timestamp, Millis},
+    idempotency::{self, replay_read, Idempotency},
     Error, ErrorCode,
 };
 use tonic::Request;
 
 use super::{
     convert::subscription_to_pb,
-    subscriptions::{converted, end_of_term, trial_used, NewSubscription},
+    subscriptions::{converted, end_of_term, trial_used, write_error, NewSubscription},
 };
 use crate::{
     domain::states::{LinkKind, NotificationKind, Source, SubscriptionState},
@@ -33,7 +33,7 @@ use crate::{
     store::{
         decode, encode,
         links::{self, Line, LinkRecord},
-        subscriptions,
+        subscriptions::{self, Subscription},
     },
 };
 
@@ -239,84 +239,18 @@ impl Commerce {
             caller: customer.actor.clone(),
             trace_id: trace.to_owned(),
         };
-        // No second replay lookup in here: a twin of this request that
-        // committed meanwhile holds the (link, customer) redemption, and
-        // recording ours below finds it and answers its result.
-        let mut tx = self.db().begin().await?;
         let now = self.now();
-        let mut subs = Vec::with_capacity(lines.len());
-        for l in &lines {
-            let product = self.catalog().product("code", &l.product_id)?;
-            let s = match link.kind {
-                LinkKind::Trial => {
-                    self.add_subscription(
-                        &mut tx,
-                        NewSubscription {
-                            customer: &customer.tenant_id,
-                            product,
-                            state: SubscriptionState::Trial,
-                            source: Source::TrialInvitation,
-                            license_count: l.license_count,
-                            partner_of_record: &link.partner_tenant_id,
-                            end_at: Some(end_of_term(now, product.trial_days.unwrap_or(0))),
-                        },
-                    )
-                    .await?
-                }
-                LinkKind::Offer => {
-                    let trial =
-                        subscriptions::trial_of(&mut *tx, &customer.tenant_id, &l.product_id)
-                            .await?
-                            .filter(|t| t.state == SubscriptionState::Trial);
-                    match trial {
-                        Some(t) => {
-                            // Buying what is on trial converts the trial; the
-                            // offer's partner becomes its partner of record.
-                            let mut next = converted(&t, product, l.license_count as i32, "code")?;
-                            next.partner_of_record = link.partner_tenant_id.clone();
-                            self.change_subscription(&mut tx, &t, next, NotificationKind::Converted)
-                                .await?
-                        }
-                        None => {
-                            self.add_subscription(
-                                &mut tx,
-                                NewSubscription {
-                                    customer: &customer.tenant_id,
-                                    product,
-                                    state: SubscriptionState::Active,
-                                    source: Source::PurchaseOffer,
-                                    license_count: l.license_count,
-                                    partner_of_record: &link.partner_tenant_id,
-                                    end_at: None,
-                                },
-                            )
-                            .await?
-                        }
-                    }
-                }
-            };
-            subs.push(subscription_to_pb(&s));
-        }
-        let resp = pb::Redemption {
+        let delegated = recorded
+            .delegated_admin_relationship
+            .map(|d| d.id)
+            .unwrap_or_default();
+        let answer = |subs: &[Subscription]| pb::Redemption {
             customer_tenant_id: customer.tenant_id.clone(),
-            subscriptions: subs,
+            subscriptions: subs.iter().map(subscription_to_pb).collect(),
             admin_user_id: customer.admin_user_id.clone(),
-            delegated_admin_relationship_id: recorded
-                .delegated_admin_relationship
-                .map(|d| d.id)
-                .unwrap_or_default(),
+            delegated_admin_relationship_id: delegated.clone(),
             redeem_time: Some(to_timestamp(now)),
         };
-        if !links::record_redemption(&mut tx, &link.id, &customer.tenant_id, &encode(&resp), now)
-            .await?
-        {
-            // A concurrent redemption for this customer won: answer its result.
-            drop(tx);
-            let first = links::redemption(self.db().read(), &link.id, &customer.tenant_id)
-                .await?
-                .ok_or_else(|| Error::internal("redemption vanished"))?;
-            return decode(&first);
-        }
         let audit = Change {
             tenant_id: &customer.tenant_id,
             delegated: false,
@@ -331,11 +265,114 @@ impl Commerce {
                 link.partner_tenant_id
             ),
         };
+        // First as one guarded write (one statement on PostgreSQL): new
+        // subscriptions only, when the customer has not redeemed the link
+        // and has no trial of its products. No second replay lookup: a twin
+        // of this request that committed meanwhile holds the (link,
+        // customer) redemption, and the full path below answers its result.
+        let subs = lines
+            .iter()
+            .map(|l| self.line_subscription(&link, &customer.tenant_id, l, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let resp = answer(&subs);
+        let products: Vec<&str> = lines.iter().map(|l| l.product_id.as_str()).collect();
+        let mut w = links::redemption_guard(
+            &link.id,
+            &customer.tenant_id,
+            &encode(&resp),
+            now,
+            &products,
+        );
+        for s in &subs {
+            self.add_new_subscription(&mut w, s);
+        }
+        self.add_change(&mut w, &ctx, audit.clone(), r.request_id, &idem, &resp);
+        let written = w.commit(self.db()).await.map_err(|e| match subs.first() {
+            Some(s) => write_error(e, s),
+            None => idempotency::write_error(e),
+        })?;
+        if written {
+            sovra_runtime::metrics::business::link_redeemed(link.kind.as_str());
+            self.feed_written().await;
+            return Ok(resp);
+        }
+
+        // The full path: a trial to convert or refuse, or a redemption that
+        // committed meanwhile, decided in a transaction.
+        let mut tx = self.db().begin().await?;
+        let mut subs = Vec::with_capacity(lines.len());
+        for l in &lines {
+            let trial = match link.kind {
+                LinkKind::Trial => None,
+                LinkKind::Offer => {
+                    subscriptions::trial_of(&mut *tx, &customer.tenant_id, &l.product_id)
+                        .await?
+                        .filter(|t| t.state == SubscriptionState::Trial)
+                }
+            };
+            let s = match trial {
+                Some(t) => {
+                    // Buying what is on trial converts the trial; the
+                    // offer's partner becomes its partner of record.
+                    let product = self.catalog().product("code", &l.product_id)?;
+                    let mut next = converted(&t, product, l.license_count as i32, "code")?;
+                    next.partner_of_record = link.partner_tenant_id.clone();
+                    self.change_subscription(&mut tx, &t, next, NotificationKind::Converted)
+                        .await?
+                }
+                None => {
+                    let s = self.line_subscription(&link, &customer.tenant_id, l, now)?;
+                    self.insert_subscription(&mut tx, &s).await?;
+                    s
+                }
+            };
+            subs.push(s);
+        }
+        let resp = answer(&subs);
+        if !links::record_redemption(&mut tx, &link.id, &customer.tenant_id, &encode(&resp), now)
+            .await?
+        {
+            // A concurrent redemption for this customer won: answer its result.
+            drop(tx);
+            let first = links::redemption(self.db().read(), &link.id, &customer.tenant_id)
+                .await?
+                .ok_or_else(|| Error::internal("redemption vanished"))?;
+            return decode(&first);
+        }
         self.commit(tx, &ctx, Some(audit), r.request_id, &idem, &resp)
             .await?;
         sovra_runtime::metrics::business::link_redeemed(link.kind.as_str());
         self.feed_written().await;
         Ok(resp)
+    }
+
+    /// The new subscription a line of `link` gives `customer`: a trial, or
+    /// a purchase.
+    fn line_subscription(
+        &self,
+        link: &LinkRecord,
+        customer: &str,
+        l: &Line,
+        now: Millis,
+    ) -> Result<Subscription, Error> {
+        let product = self.catalog().product("code", &l.product_id)?;
+        let (state, source, end_at) = match link.kind {
+            LinkKind::Trial => (
+                SubscriptionState::Trial,
+                Source::TrialInvitation,
+                Some(end_of_term(now, product.trial_days.unwrap_or(0))),
+            ),
+            LinkKind::Offer => (SubscriptionState::Active, Source::PurchaseOffer, None),
+        };
+        Ok(self.new_subscription(NewSubscription {
+            customer,
+            product,
+            state,
+            source,
+            license_count: l.license_count,
+            partner_of_record: &link.partner_tenant_id,
+            end_at,
+        }))
     }
 
     /// The link's lines with the customer's license counts applied (offers only).

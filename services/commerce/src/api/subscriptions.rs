@@ -6,12 +6,14 @@ use sovra_proto::{commerce::v1 as pb, identity::v1 as idpb};
 use sovra_runtime::{
     audit,
     clock::DAY_MS,
-    db::{is_unique_violation, Tx},
+    db::{unique_violation_table, Tx},
     error::{check_etag, etag_mismatch},
     features::Feature,
-    idempotency::{replay, Idempotency},
+    idempotency::{self, replay, Idempotency},
     ids::TenantId,
-    paging, Error,
+    paging,
+    writes::Writes,
+    Error,
 };
 use tonic::{Request, Response};
 
@@ -38,6 +40,17 @@ pub(crate) struct NewSubscription<'a> {
     /// Empty for none.
     pub partner_of_record: &'a str,
     pub end_at: Option<i64>,
+}
+
+/// The error of writes holding the new subscription `s`: a second trial
+/// of its product is FAILED_PRECONDITION, a racing twin of the request
+/// ABORTED (see [`idempotency::write_error`]).
+pub(crate) fn write_error(e: sqlx::Error, s: &Subscription) -> Error {
+    if unique_violation_table(&e) == Some("subscriptions") {
+        trial_used(&s.customer_tenant_id, &s.product_id)
+    } else {
+        idempotency::write_error(e)
+    }
 }
 
 /// Who is changing a subscription.
@@ -83,16 +96,19 @@ impl Commerce {
         tx: &mut Tx,
         s: &Subscription,
     ) -> Result<(), Error> {
-        subscriptions::insert(tx, s).await.map_err(|e| {
-            if is_unique_violation(&e) {
-                trial_used(&s.customer_tenant_id, &s.product_id)
-            } else {
-                e.into()
-            }
-        })?;
+        let mut w = Writes::new();
+        self.add_new_subscription(&mut w, s);
+        w.run(tx).await.map_err(|e| write_error(e, s))?;
+        Ok(())
+    }
+
+    /// Adds a new subscription and its partner of record's notification to
+    /// `w` (map their errors with [`write_error`]).
+    pub(crate) fn add_new_subscription(&self, w: &mut Writes, s: &Subscription) {
+        w.insert(subscriptions::row(s));
         if !s.partner_of_record.is_empty() {
-            feed::append(
-                tx,
+            feed::add(
+                w,
                 self.numbering(),
                 feed::Entry {
                     partner: &s.partner_of_record,
@@ -102,10 +118,8 @@ impl Commerce {
                     previous_license_count: 0,
                     at: s.created_at,
                 },
-            )
-            .await?;
+            );
         }
-        Ok(())
     }
 
     /// Writes `next` over `prev` (same id) if nobody changed it meanwhile,

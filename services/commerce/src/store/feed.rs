@@ -11,6 +11,7 @@ use sovra_proto::commerce::v1 as pb;
 use sovra_runtime::{
     clock::Millis,
     db::{Backend, Db, Tx},
+    writes::{Insert, Writes},
     Error,
 };
 use sqlx::AnyPool;
@@ -54,38 +55,48 @@ pub struct Entry<'a> {
 
 /// Writes `e` in `tx`, numbered as `numbering` says.
 pub async fn append(tx: &mut Tx, numbering: Numbering, e: Entry<'_>) -> Result<(), Error> {
-    match numbering {
-        Numbering::Inline => {
-            sqlx::query(
-                "INSERT INTO notifications (partner_tenant_id, seq, kind, subscription, previous_license_count, created_at) \
-                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM notifications WHERE partner_tenant_id = $6",
-            )
-            .bind(e.partner)
-            .bind(e.kind.as_str())
-            .bind(encode(e.subscription))
-            .bind(e.previous_license_count as i64)
-            .bind(e.at)
-            .bind(e.partner)
-            .execute(&mut **tx)
-            .await?;
-        }
-        Numbering::Deferred => {
-            sqlx::query(
-                "INSERT INTO notification_outbox (id, partner_tenant_id, subscription_version, kind, subscription, previous_license_count, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(e.partner)
-            .bind(e.version)
-            .bind(e.kind.as_str())
-            .bind(encode(e.subscription))
-            .bind(e.previous_license_count as i64)
-            .bind(e.at)
-            .execute(&mut **tx)
-            .await?;
-        }
-    }
+    let mut w = Writes::new();
+    add(&mut w, numbering, e);
+    w.run(tx).await?;
     Ok(())
+}
+
+/// Adds `e` to `w`, numbered as `numbering` says.
+pub fn add(w: &mut Writes, numbering: Numbering, e: Entry<'_>) {
+    match numbering {
+        Numbering::Inline => w.statement(
+            "INSERT INTO notifications (partner_tenant_id, seq, kind, subscription, previous_license_count, created_at) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM notifications WHERE partner_tenant_id = $1",
+            vec![
+                e.partner.into(),
+                e.kind.as_str().into(),
+                encode(e.subscription).into(),
+                (e.previous_license_count as i64).into(),
+                e.at.into(),
+            ],
+        ),
+        Numbering::Deferred => w.insert(
+            Insert::new(
+                "notification_outbox",
+                &[
+                    "id",
+                    "partner_tenant_id",
+                    "subscription_version",
+                    "kind",
+                    "subscription",
+                    "previous_license_count",
+                    "created_at",
+                ],
+            )
+            .value(uuid::Uuid::now_v7().to_string())
+            .value(e.partner)
+            .value(e.version)
+            .value(e.kind.as_str())
+            .value(encode(e.subscription))
+            .value(e.previous_license_count as i64)
+            .value(e.at),
+        ),
+    }
 }
 
 /// Whether any notification waits for its sequence.

@@ -1,7 +1,12 @@
 //! `commerce_links` (trial invitations and purchase offers) and
 //! `redemptions` (one per link and customer).
 
-use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sovra_runtime::{
+    clock::Millis,
+    db::Tx,
+    writes::{Insert, Value, Writes},
+    Error,
+};
 use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row};
 
 use super::corrupt;
@@ -88,24 +93,31 @@ fn link_from_row(r: &AnyRow, counted: bool) -> Result<LinkRecord, Error> {
     })
 }
 
-pub async fn insert(tx: &mut Tx, l: &LinkRecord) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO commerce_links (id, kind, partner_tenant_id, lines, include_delegated_admin, url, \
-         created_by, created_at, expires_at, revoked_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
+/// The row of a new link (its redemptions are counted, not stored).
+pub fn row(l: &LinkRecord) -> Insert {
+    Insert::new(
+        "commerce_links",
+        &[
+            "id",
+            "kind",
+            "partner_tenant_id",
+            "lines",
+            "include_delegated_admin",
+            "url",
+            "created_by",
+            "created_at",
+            "expires_at",
+        ],
     )
-    .bind(&l.id)
-    .bind(l.kind.as_str())
-    .bind(&l.partner_tenant_id)
-    .bind(encode_lines(&l.lines))
-    .bind(l.include_delegated_admin as i64)
-    .bind(&l.url)
-    .bind(&l.created_by)
-    .bind(l.created_at)
-    .bind(l.expires_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .value(&l.id)
+    .value(l.kind.as_str())
+    .value(&l.partner_tenant_id)
+    .value(encode_lines(&l.lines))
+    .value(l.include_delegated_admin as i64)
+    .value(&l.url)
+    .value(&l.created_by)
+    .value(l.created_at)
+    .value(l.expires_at)
 }
 
 /// The link, without its redemption count (what a redemption reads).
@@ -186,6 +198,34 @@ pub async fn redemption<'e, E: Executor<'e, Database = Any>>(
     .fetch_optional(ex)
     .await?;
     Ok(row.map(|r| r.0))
+}
+
+/// Records the customer's redemption of the link, guarding the
+/// redemption's other writes: only when the customer has not redeemed it
+/// yet, and has never had a trial of any of `products` (such a redemption
+/// converts the trial or is refused: see the full path in `api::redeem`).
+pub fn redemption_guard(
+    link: &str,
+    customer: &str,
+    response: &str,
+    now: Millis,
+    products: &[&str],
+) -> Writes {
+    let listed = (5..5 + products.len())
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut values: Vec<Value> = vec![link.into(), customer.into(), response.into(), now.into()];
+    values.extend(products.iter().map(|p| Value::from(*p)));
+    Writes::guarded(
+        format!(
+            "INSERT INTO redemptions (link_id, customer_tenant_id, response, created_at) \
+             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM subscriptions \
+             WHERE customer_tenant_id = $2 AND source = 'TRIAL_INVITATION' AND product_id IN ({listed})) \
+             ON CONFLICT (link_id, customer_tenant_id) DO NOTHING RETURNING link_id"
+        ),
+        values,
+    )
 }
 
 /// Records a redemption. False when this link and

@@ -1,6 +1,6 @@
 //! The `product_keys` table: imported keys by hash, claimed exactly once.
 
-use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sovra_runtime::{clock::Millis, db::Tx, writes::Writes, Error};
 use sqlx::{Any, Executor};
 
 /// An imported key, as stored.
@@ -59,40 +59,26 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
     }))
 }
 
-/// Claims an unredeemed key for one redemption: the exactly-once step. A
-/// single conditional UPDATE, so of any number of concurrent claims one
-/// wins (and gets the key's product and terms) and the rest see no row.
-pub async fn claim(
-    tx: &mut Tx,
+/// Claims an unredeemed key for one redemption: the exactly-once step,
+/// guarding the redemption's other writes. A single conditional UPDATE, so
+/// of any number of concurrent claims one wins and the rest see no row
+/// (and write nothing).
+pub fn claim(
     key_hash: &str,
     redeemed_by: &str,
     partner: &str,
     subscription_id: &str,
     now: Millis,
-) -> Result<Option<Claimed>, Error> {
-    let row: Option<(String, i64, i64)> = sqlx::query_as(
+) -> Writes {
+    Writes::guarded(
         "UPDATE product_keys SET redeemed_at = $2, redeemed_by = $3, partner_tenant_id = $4, \
-         subscription_id = $5 WHERE key_hash = $1 AND redeemed_at IS NULL \
-         RETURNING product_id, license_count, term_days",
+         subscription_id = $5 WHERE key_hash = $1 AND redeemed_at IS NULL RETURNING key_hash",
+        vec![
+            key_hash.into(),
+            now.into(),
+            redeemed_by.into(),
+            partner.into(),
+            subscription_id.into(),
+        ],
     )
-    .bind(key_hash)
-    .bind(now)
-    .bind(redeemed_by)
-    .bind(partner)
-    .bind(subscription_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.map(|(product_id, license_count, term_days)| Claimed {
-        product_id,
-        license_count: license_count as u32,
-        term_days: term_days as u32,
-    }))
-}
-
-/// What a claimed key gives.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub product_id: String,
-    pub license_count: u32,
-    pub term_days: u32,
 }

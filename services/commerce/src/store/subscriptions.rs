@@ -1,6 +1,6 @@
 //! The `subscriptions` table.
 
-use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sovra_runtime::{clock::Millis, db::Tx, writes::Insert, Error};
 use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row};
 
 use super::corrupt;
@@ -46,26 +46,35 @@ fn from_row(r: &AnyRow) -> Result<Subscription, Error> {
     })
 }
 
-pub async fn insert(tx: &mut Tx, s: &Subscription) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO subscriptions (id, customer_tenant_id, product_id, state, source, license_count, \
-         partner_of_record, end_at, version, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+/// The row of a new subscription.
+pub fn row(s: &Subscription) -> Insert {
+    Insert::new(
+        "subscriptions",
+        &[
+            "id",
+            "customer_tenant_id",
+            "product_id",
+            "state",
+            "source",
+            "license_count",
+            "partner_of_record",
+            "end_at",
+            "version",
+            "created_at",
+            "updated_at",
+        ],
     )
-    .bind(&s.id)
-    .bind(&s.customer_tenant_id)
-    .bind(&s.product_id)
-    .bind(s.state.as_str())
-    .bind(s.source.as_str())
-    .bind(s.license_count as i64)
-    .bind(&s.partner_of_record)
-    .bind(s.end_at)
-    .bind(s.version)
-    .bind(s.created_at)
-    .bind(s.updated_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .value(&s.id)
+    .value(&s.customer_tenant_id)
+    .value(&s.product_id)
+    .value(s.state.as_str())
+    .value(s.source.as_str())
+    .value(s.license_count as i64)
+    .value(&s.partner_of_record)
+    .value(s.end_at)
+    .value(s.version)
+    .value(s.created_at)
+    .value(s.updated_at)
 }
 
 /// Writes `s` if it is still at `expected` version; false when another

@@ -1,0 +1,306 @@
+//! Writes whose results nobody reads, gathered and sent together.
+//!
+//! A mutation's last rows (its audit event, its stored answer, the rows it
+//! creates) are known before any of them is written. On PostgreSQL they go
+//! as one statement, a data-modifying `WITH`: one round trip instead of one
+//! per row. On SQLite, which has no round trips to save, each is its own
+//! statement in the group commit.
+//!
+//! A [`Writes`] may start with a guard: a statement that returns a row only
+//! when the change may go ahead (a conditional claim, an insert that does
+//! nothing on conflict). The other rows are written only when it did, in
+//! the same statement on PostgreSQL, so that [`Writes::commit`] needs no
+//! transaction of its own there: one statement is one transaction.
+
+use std::borrow::Cow;
+
+use sqlx::{any::AnyArguments, Any, Arguments};
+
+use crate::db::{Backend, Db, Tx};
+
+/// A value bound to a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Text(String),
+    Int(i64),
+    MaybeInt(Option<i64>),
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_owned())
+    }
+}
+
+impl From<&String> for Value {
+    fn from(v: &String) -> Self {
+        Value::Text(v.clone())
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<Option<i64>> for Value {
+    fn from(v: Option<i64>) -> Self {
+        Value::MaybeInt(v)
+    }
+}
+
+/// One row for one table, its values in `columns`' order.
+#[derive(Debug, Clone)]
+pub struct Insert {
+    table: &'static str,
+    columns: &'static [&'static str],
+    values: Vec<Value>,
+}
+
+impl Insert {
+    pub fn new(table: &'static str, columns: &'static [&'static str]) -> Self {
+        Self {
+            table,
+            columns,
+            values: Vec::with_capacity(columns.len()),
+        }
+    }
+
+    /// The next column's value.
+    pub fn value(mut self, v: impl Into<Value>) -> Self {
+        self.values.push(v.into());
+        self
+    }
+
+    /// `INSERT INTO t (…) VALUES ($first, …)`, or `SELECT … FROM guard`
+    /// when it depends on the guard.
+    fn sql(&self, first: usize, from_guard: bool) -> String {
+        debug_assert_eq!(self.columns.len(), self.values.len(), "{}", self.table);
+        let params = (first..first + self.values.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cols = self.columns.join(", ");
+        if from_guard {
+            format!(
+                "INSERT INTO {} ({cols}) SELECT {params} FROM guard",
+                self.table
+            )
+        } else {
+            format!("INSERT INTO {} ({cols}) VALUES ({params})", self.table)
+        }
+    }
+}
+
+/// A statement written by hand, its values bound from `$1`.
+#[derive(Debug, Clone)]
+struct Statement {
+    sql: String,
+    values: Vec<Value>,
+}
+
+#[derive(Debug, Clone)]
+enum Item {
+    Insert(Insert),
+    /// Can't join the `WITH`; runs on its own (SQLite's inline
+    /// notification numbering, which PostgreSQL never uses).
+    Alone(Statement),
+}
+
+/// Rows to write together; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct Writes {
+    guard: Option<Statement>,
+    items: Vec<Item>,
+}
+
+impl Writes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes made only when `sql` returns a row. `sql` binds `values` from
+    /// `$1`, returns at most one row, and must be a statement PostgreSQL
+    /// takes inside `WITH` (an `UPDATE`, `INSERT` or `DELETE` with
+    /// `RETURNING`).
+    pub fn guarded(sql: impl Into<String>, values: Vec<Value>) -> Self {
+        Self {
+            guard: Some(Statement {
+                sql: sql.into(),
+                values,
+            }),
+            items: Vec::new(),
+        }
+    }
+
+    pub fn insert(&mut self, row: Insert) {
+        self.items.push(Item::Insert(row));
+    }
+
+    /// A statement that runs on its own, after the rows (see [`Item::Alone`]).
+    pub fn statement(&mut self, sql: impl Into<String>, values: Vec<Value>) {
+        self.items.push(Item::Alone(Statement {
+            sql: sql.into(),
+            values,
+        }));
+    }
+
+    /// Writes in `tx`. False when the guard returned no row (nothing was
+    /// written).
+    pub async fn run(self, tx: &mut Tx) -> Result<bool, sqlx::Error> {
+        if tx.backend() == Backend::Postgres {
+            let (folded, alone) = self.fold();
+            if let Some(f) = folded {
+                if !f.run(&mut **tx).await? {
+                    return Ok(false);
+                }
+            }
+            for s in alone {
+                query(&s.sql, &s.values).execute(&mut **tx).await?;
+            }
+            return Ok(true);
+        }
+        if let Some(g) = &self.guard {
+            if query(&g.sql, &g.values)
+                .fetch_optional(&mut **tx)
+                .await?
+                .is_none()
+            {
+                return Ok(false);
+            }
+        }
+        for item in &self.items {
+            let (sql, values) = match item {
+                Item::Insert(i) => (Cow::Owned(i.sql(1, false)), &i.values),
+                Item::Alone(s) => (Cow::Borrowed(s.sql.as_str()), &s.values),
+            };
+            query(&sql, values).execute(&mut **tx).await?;
+        }
+        Ok(true)
+    }
+
+    /// Writes and commits, as one transaction of their own. On PostgreSQL,
+    /// without a statement that must run alone, that is one statement: one
+    /// round trip, no BEGIN, no COMMIT.
+    pub async fn commit(self, db: &Db) -> Result<bool, sqlx::Error> {
+        let alone = self.items.iter().any(|i| matches!(i, Item::Alone(_)));
+        if db.backend() == Backend::Postgres && !alone {
+            return match self.fold().0 {
+                Some(f) => f.run(db.write()).await,
+                None => Ok(true),
+            };
+        }
+        let mut tx = db.begin_tx().await?;
+        if !self.run(&mut tx).await? {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The guard and the rows as one statement, and what must run alone.
+    fn fold(self) -> (Option<Folded>, Vec<Statement>) {
+        let mut args = AnyArguments::default();
+        let mut ctes = Vec::new();
+        let mut n = 1;
+        let guarded = self.guard.is_some();
+        if let Some(g) = self.guard {
+            bind_all(&mut args, &g.values);
+            n += g.values.len();
+            ctes.push(format!("guard AS ({})", g.sql));
+        }
+        let mut inserts = Vec::new();
+        let mut alone = Vec::new();
+        for item in self.items {
+            match item {
+                Item::Insert(i) => inserts.push(i),
+                Item::Alone(s) => alone.push(s),
+            }
+        }
+        let Some(last) = inserts.pop() else {
+            // Only a guard (or nothing): the guard is the statement.
+            let folded = ctes.pop().map(|g| Folded {
+                sql: format!("WITH {g} SELECT 1 FROM guard"),
+                args,
+                outcome: Outcome::Row,
+            });
+            return (folded, alone);
+        };
+        for (k, i) in inserts.iter().enumerate() {
+            bind_all(&mut args, &i.values);
+            ctes.push(format!("w{k} AS ({})", i.sql(n, guarded)));
+            n += i.values.len();
+        }
+        bind_all(&mut args, &last.values);
+        let main = last.sql(n, guarded);
+        let sql = if ctes.is_empty() {
+            main
+        } else {
+            format!("WITH {} {main}", ctes.join(", "))
+        };
+        let outcome = if guarded {
+            Outcome::Written
+        } else {
+            Outcome::Always
+        };
+        (Some(Folded { sql, args, outcome }), alone)
+    }
+}
+
+/// Everything PostgreSQL takes as one statement.
+struct Folded {
+    sql: String,
+    args: AnyArguments<'static>,
+    outcome: Outcome,
+}
+
+/// How a folded statement tells whether its guard let it write.
+enum Outcome {
+    /// No guard: it always writes.
+    Always,
+    /// Its last row was written (every row depends on the guard).
+    Written,
+    /// It is the guard alone: it returned a row.
+    Row,
+}
+
+impl Folded {
+    async fn run<'c, E: sqlx::Executor<'c, Database = Any>>(
+        self,
+        ex: E,
+    ) -> Result<bool, sqlx::Error> {
+        let q = sqlx::query_with(&self.sql, self.args);
+        Ok(match self.outcome {
+            Outcome::Always => {
+                q.execute(ex).await?;
+                true
+            }
+            Outcome::Written => q.execute(ex).await?.rows_affected() > 0,
+            Outcome::Row => q.fetch_optional(ex).await?.is_some(),
+        })
+    }
+}
+
+fn query<'q>(sql: &'q str, values: &'q [Value]) -> sqlx::query::Query<'q, Any, AnyArguments<'q>> {
+    let mut args = AnyArguments::default();
+    bind_all(&mut args, values);
+    sqlx::query_with(sql, args)
+}
+
+fn bind_all(args: &mut AnyArguments<'_>, values: &[Value]) {
+    for v in values {
+        // Adding a value of a type Any supports cannot fail.
+        let _ = match v {
+            Value::Text(s) => args.add(s.clone()),
+            Value::Int(i) => args.add(*i),
+            Value::MaybeInt(i) => args.add(*i),
+        };
+    }
+}

@@ -1,0 +1,150 @@
+//! `sovra_runtime::writes` straight on each backend's database: the rows
+//! of a mutation sent together (one statement on PostgreSQL), written all
+//! or none, and only when their guard let them.
+
+use sovra_runtime::{
+    db::{unique_violation_table, Db, Migration},
+    writes::{Insert, Value, Writes},
+};
+
+use crate::{backend_test, helpers::*};
+
+const TABLES: &[Migration] = &[Migration {
+    version: 1,
+    name: "writes_test",
+    sql: "CREATE TABLE things (id TEXT PRIMARY KEY, n BIGINT NOT NULL, at BIGINT); \
+          CREATE TABLE tickets (id TEXT PRIMARY KEY, taken_by TEXT, uses BIGINT NOT NULL);",
+}];
+
+async fn open(backend: Backend) -> (TestDb, Db) {
+    let tdb = TestDb::new(backend).await;
+    let db = Db::connect("writes", &tdb.url, 8).await.unwrap();
+    db.prepare("global", "writes", TABLES).await.unwrap();
+    (tdb, db)
+}
+
+fn thing(id: &str, n: i64, at: Option<i64>) -> Insert {
+    Insert::new("things", &["id", "n", "at"])
+        .value(id)
+        .value(n)
+        .value(at)
+}
+
+/// The guard of the tests: takes ticket `id` for `by`, once.
+fn take(id: &str, by: &str) -> Writes {
+    Writes::guarded(
+        "UPDATE tickets SET taken_by = $2 WHERE id = $1 AND taken_by IS NULL RETURNING id",
+        vec![id.into(), Value::from(by)],
+    )
+}
+
+async fn things(db: &Db) -> Vec<(String, i64, Option<i64>)> {
+    sqlx::query_as("SELECT id, n, at FROM things ORDER BY id")
+        .fetch_all(db.read())
+        .await
+        .unwrap()
+}
+
+async fn ticket(db: &Db, id: &str) {
+    sqlx::query("INSERT INTO tickets (id, taken_by, uses) VALUES ($1, NULL, 0)")
+        .bind(id)
+        .execute(db.write())
+        .await
+        .unwrap();
+}
+
+backend_test!(rows_are_written_together_and_only_past_their_guard);
+async fn rows_are_written_together_and_only_past_their_guard(backend: Backend) {
+    let (_tdb, db) = open(backend).await;
+
+    // No guard: every row, values of each kind (NULL included).
+    let mut w = Writes::new();
+    w.insert(thing("a", 1, Some(10)));
+    w.insert(thing("b", 2, None));
+    assert!(w.commit(&db).await.unwrap());
+    assert_eq!(
+        things(&db).await,
+        vec![("a".into(), 1, Some(10)), ("b".into(), 2, None)]
+    );
+
+    // A guard that returns a row lets its rows through, once.
+    ticket(&db, "t1").await;
+    let mut w = take("t1", "first");
+    w.insert(thing("c", 3, None));
+    w.insert(thing("d", 4, None));
+    assert!(w.commit(&db).await.unwrap());
+    let mut w = take("t1", "second");
+    w.insert(thing("e", 5, None));
+    assert!(!w.commit(&db).await.unwrap(), "the ticket is taken");
+    let ids: Vec<String> = things(&db).await.into_iter().map(|t| t.0).collect();
+    assert_eq!(ids, ["a", "b", "c", "d"]);
+
+    // A guard alone.
+    ticket(&db, "t2").await;
+    assert!(take("t2", "x").commit(&db).await.unwrap());
+    assert!(!take("t2", "y").commit(&db).await.unwrap());
+
+    // A failing row fails them all, and names its table.
+    ticket(&db, "t3").await;
+    let mut w = take("t3", "z");
+    w.insert(thing("f", 6, None));
+    w.insert(thing("a", 7, None));
+    let e = w.commit(&db).await.unwrap_err();
+    assert_eq!(unique_violation_table(&e), Some("things"));
+    assert_eq!(things(&db).await.len(), 4, "f was not written");
+    let (taken,): (Option<String>,) =
+        sqlx::query_as("SELECT taken_by FROM tickets WHERE id = 't3'")
+            .fetch_one(db.read())
+            .await
+            .unwrap();
+    assert_eq!(taken, None, "the guard's claim rolled back too");
+
+    // A statement that runs alone joins the same transaction.
+    let mut w = take("t3", "w");
+    w.insert(thing("g", 8, None));
+    w.statement(
+        "UPDATE tickets SET uses = uses + $2 WHERE id = $1",
+        vec!["t3".into(), 5i64.into()],
+    );
+    assert!(w.commit(&db).await.unwrap());
+    let (uses,): (i64,) = sqlx::query_as("SELECT uses FROM tickets WHERE id = 't3'")
+        .fetch_one(db.read())
+        .await
+        .unwrap();
+    assert_eq!(uses, 5);
+
+    // Inside a transaction: nothing stays without its commit.
+    let mut tx = db.begin().await.unwrap();
+    let mut w = Writes::new();
+    w.insert(thing("h", 9, None));
+    assert!(w.run(&mut tx).await.unwrap());
+    drop(tx);
+    assert_eq!(things(&db).await.len(), 5, "h rolled back");
+    db.close().await;
+}
+
+backend_test!(racing_guards_write_once);
+async fn racing_guards_write_once(backend: Backend) {
+    let (_tdb, db) = open(backend).await;
+    for round in 0..4 {
+        let id = format!("t{round}");
+        ticket(&db, &id).await;
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let (db, id) = (db.clone(), id.clone());
+                tokio::spawn(async move {
+                    let mut w = take(&id, &format!("racer {i}"));
+                    w.insert(thing(&format!("{id}-{i}"), i, None));
+                    w.commit(&db).await.unwrap()
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for t in tasks {
+            won += t.await.unwrap() as usize;
+        }
+        assert_eq!(won, 1, "round {round}: one racer takes the ticket");
+    }
+    assert_eq!(things(&db).await.len(), 4, "one row per ticket");
+    db.close().await;
+}
