@@ -259,6 +259,7 @@ impl Identity {
         let done = audit::commit(tx, self.now(), ctx, change, request_id, idem, resp).await;
         // After the commit (or its failure): what was read before is stale.
         self.inner.generation.bump();
+        sovra_runtime::peers::tenants_changed();
         done
     }
 
@@ -288,6 +289,7 @@ impl Identity {
         let users = users::purge_expired(&mut tx, self.cutoff()).await?;
         tx.commit().await?;
         self.inner.generation.bump();
+        sovra_runtime::peers::tenants_changed();
         let keys = sovra_runtime::idempotency::expire(
             self.db(),
             self.now() - self.cfg().idempotency_retention_ms,

@@ -11,7 +11,7 @@ use crate::{
     clock::Millis,
     db::{unique_violation_table, Db, Tx},
     error::Error,
-    writes::{Insert, Writes},
+    writes::Insert,
 };
 use sqlx::{Any, Executor};
 
@@ -95,21 +95,8 @@ impl Idempotency {
         Ok(Some(M::decode(bytes.as_slice()).map_err(Error::internal)?))
     }
 
-    /// Stores the result; call inside the mutation's transaction.
-    pub async fn remember<M: Message>(
-        &self,
-        tx: &mut Tx,
-        response: &M,
-        now: Millis,
-    ) -> Result<(), Error> {
-        let mut w = Writes::new();
-        w.insert(self.row(response, now));
-        w.run(tx).await.map_err(write_error)?;
-        Ok(())
-    }
-
-    /// The row that stores `response`, to write with the mutation's others
-    /// (map their errors with [`write_error`]).
+    /// The row that stores `response`, written with the mutation's own
+    /// (see [`crate::audit::add`]; map their errors with [`write_error`]).
     pub fn row<M: Message>(&self, response: &M, now: Millis) -> Insert {
         Insert::new(
             "idempotency_keys",
@@ -189,19 +176,6 @@ pub async fn after_commit_failed<M: Message + Default>(
 
 /// The reason of a request id stored by a twin of the request meanwhile.
 const IN_FLIGHT: &str = "REQUEST_IN_FLIGHT";
-
-/// Stores a result inside `tx`, when the request had a request_id.
-pub async fn remember<M: Message>(
-    idem: &Option<Idempotency>,
-    tx: &mut Tx,
-    response: &M,
-    now: Millis,
-) -> Result<(), Error> {
-    match idem {
-        Some(i) => i.remember(tx, response, now).await,
-        None => Ok(()),
-    }
-}
 
 /// Forgets request_ids older than `before`.
 pub async fn expire(db: &crate::db::Db, before: Millis) -> Result<u64, Error> {

@@ -4,13 +4,17 @@
 //! sees it (access decisions and tenants).
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     future::Future,
     net::{Ipv4Addr, SocketAddr},
     pin::Pin,
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sovra_proto::identity::v1 as idpb;
@@ -219,6 +223,47 @@ pub enum Programs<'a> {
 pub struct IdentityClient {
     channel: PeerChannel,
     creds: ServiceCredentials,
+    tenants: TenantCache,
+}
+
+/// How long a tenant read from identity is used without asking again
+/// (when identity runs in another process; in this one, see
+/// [`tenants_changed`]).
+const TENANT_TTL: Duration = Duration::from_secs(2);
+/// Tenants kept at most; the cache starts over when full.
+const TENANT_CACHE_MAX: usize = 10_000;
+
+/// Bumped after every identity commit in this process.
+static IDENTITY_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// Identity calls this after each of its commits: every tenant cached in
+/// this process before it is asked for again. (Any commit, not only a
+/// tenant's: a cache miss costs one read, a stale tenant a wrong answer.)
+pub fn tenants_changed() {
+    IDENTITY_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Tenants identity answered lately, each with the epoch and time it was
+/// asked at: a redemption asks for its partner and customer, and so does
+/// relationships for the customer, several times a second for the same few.
+#[derive(Debug, Default)]
+struct TenantCache(Mutex<HashMap<String, (idpb::Tenant, u64, Instant)>>);
+
+impl TenantCache {
+    fn get(&self, id: &str, epoch: u64) -> Option<idpb::Tenant> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id)
+            .filter(|(_, e, at)| *e == epoch && at.elapsed() < TENANT_TTL)
+            .map(|(t, _, _)| t.clone())
+    }
+
+    fn put(&self, t: &idpb::Tenant, epoch: u64, at: Instant) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= TENANT_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(t.id.clone(), (t.clone(), epoch, at));
+    }
 }
 
 /// What identity decided, and why.
@@ -249,6 +294,7 @@ impl IdentityClient {
         Self {
             channel,
             creds: ServiceCredentials::new(service, authority),
+            tenants: TenantCache::default(),
         }
     }
 
@@ -306,13 +352,21 @@ impl IdentityClient {
         self.check(&u.user_id, tenant, p, &ctx.trace_id).await
     }
 
-    /// The tenant, or NOT_FOUND naming `field`.
+    /// The tenant, or NOT_FOUND naming `field`. Answers from the last
+    /// [`TENANT_TTL`] are reused while identity in this process committed
+    /// nothing since.
     pub async fn tenant(
         &self,
         field: &str,
         tenant_id: &str,
         trace_id: &str,
     ) -> Result<idpb::Tenant, Error> {
+        // The epoch and time before asking: a change committed meanwhile
+        // makes the answer stale at once.
+        let (epoch, asked) = (IDENTITY_EPOCH.load(Ordering::Acquire), Instant::now());
+        if let Some(t) = self.tenants.get(tenant_id, epoch) {
+            return Ok(t);
+        }
         let mut client = idpb::tenant_service_client::TenantServiceClient::new(self.channel());
         let resp = client
             .get_tenant(self.creds.request(
@@ -329,9 +383,12 @@ impl IdentityClient {
                 }
                 _ => peer_error("identity", s),
             })?;
-        resp.into_inner()
+        let t = resp
+            .into_inner()
             .tenant
-            .ok_or_else(|| Error::internal("identity answered GetTenant without a tenant"))
+            .ok_or_else(|| Error::internal("identity answered GetTenant without a tenant"))?;
+        self.tenants.put(&t, epoch, asked);
+        Ok(t)
     }
 
     /// The partner tenant named in `field`, which must be active and hold
@@ -446,6 +503,25 @@ pub fn passthrough(peer: &str, s: Status) -> Error {
 mod tests {
     use super::*;
     use crate::ErrorCode;
+
+    #[test]
+    fn a_cached_tenant_lasts_until_its_ttl_or_the_next_identity_commit() {
+        let cache = TenantCache::default();
+        let t = idpb::Tenant {
+            id: "t-1".into(),
+            ..Default::default()
+        };
+        let now = Instant::now();
+        cache.put(&t, 7, now);
+        assert_eq!(cache.get("t-1", 7), Some(t.clone()));
+        assert_eq!(cache.get("t-1", 8), None, "identity committed since");
+        assert_eq!(cache.get("t-2", 7), None);
+        let Some(old) = now.checked_sub(TENANT_TTL) else {
+            return; // too soon after boot to make an old instant
+        };
+        cache.put(&t, 7, old);
+        assert_eq!(cache.get("t-1", 7), None, "older than the TTL");
+    }
 
     #[test]
     fn a_broken_transport_is_unavailable_and_a_peer_fault_is_internal() {

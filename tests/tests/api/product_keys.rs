@@ -289,6 +289,43 @@ async fn a_second_key_for_a_customer_leaves_its_relationship_row_alone(backend: 
 }
 backend_test!(a_second_key_for_a_customer_leaves_its_relationship_row_alone);
 
+async fn a_partner_suspended_between_two_keys_is_refused_the_second_at_once(backend: Backend) {
+    // Commerce reuses identity's recent answer about a tenant; a change in
+    // identity (here in the same process) is seen by the very next call.
+    let app = TestApp::spawn(backend).await;
+    let partner = app.partner("Suspended Soon", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let customer = app.tenant(TenantKind::Customer, "Keeps Buying").await;
+    let keys = app.import_keys("office-business", 5, 2).await;
+    let call = |key: &str, rid: &str| {
+        let request = redeem(&partner, &customer, key, rid);
+        let mut keys = app.keys();
+        let agent = agent.clone();
+        async move { keys.redeem_product_key(req(&agent, request)).await }
+    };
+    let status = |s: PartnerStatus| {
+        let mut tenants = app.tenants();
+        let request = req(
+            &app.operator,
+            SetPartnerStatusRequest {
+                tenant_id: partner.id.clone(),
+                status: s as i32,
+                ..Default::default()
+            },
+        );
+        async move { tenants.set_partner_status(request).await.unwrap() }
+    };
+    call(&keys[0], "first").await.unwrap();
+    status(PartnerStatus::Suspended).await;
+    let s = expect_code(call(&keys[1], "second").await, Code::FailedPrecondition);
+    assert!(s.message().contains("suspended"), "{}", s.message());
+    assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 1);
+    status(PartnerStatus::Active).await;
+    call(&keys[1], "second").await.unwrap();
+    assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 2);
+}
+backend_test!(a_partner_suspended_between_two_keys_is_refused_the_second_at_once);
+
 async fn a_thousand_keys_by_16_partners_make_a_thousand_subscriptions(backend: Backend) {
     let app = Arc::new(TestApp::spawn(backend).await);
     let customer = app.tenant(TenantKind::Customer, "Big Buyer").await;
