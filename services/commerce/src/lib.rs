@@ -69,7 +69,10 @@ pub fn build(
     );
     Commerce::new(service::Inner {
         db,
-        identity: Arc::new(IdentityClient::new(identity, SERVICE, authority.clone())),
+        identity: Arc::new(
+            IdentityClient::new(identity, SERVICE, authority.clone())
+                .with_tenant_cache(Duration::from_millis(settings.identity.decision_cache_ms)),
+        ),
         advisors: advisors::AdvisorClient::new(
             relationships,
             ServiceCredentials::new(SERVICE, authority),

@@ -76,7 +76,10 @@ pub fn build(
     );
     Relationships::new(
         db,
-        Arc::new(IdentityClient::new(identity, SERVICE, authority)),
+        Arc::new(
+            IdentityClient::new(identity, SERVICE, authority)
+                .with_tenant_cache(Duration::from_millis(settings.identity.decision_cache_ms)),
+        ),
         outbox,
         links,
         clock,

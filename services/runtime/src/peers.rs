@@ -226,10 +226,6 @@ pub struct IdentityClient {
     tenants: TenantCache,
 }
 
-/// How long a tenant read from identity is used without asking again
-/// (when identity runs in another process; in this one, see
-/// [`tenants_changed`]).
-const TENANT_TTL: Duration = Duration::from_secs(2);
 /// Tenants kept at most; the cache starts over when full.
 const TENANT_CACHE_MAX: usize = 10_000;
 
@@ -246,19 +242,28 @@ pub fn tenants_changed() {
 /// Tenants identity answered lately, each with the epoch and time it was
 /// asked at: a redemption asks for its partner and customer, and so does
 /// relationships for the customer, several times a second for the same few.
+/// An answer is reused for at most `ttl` (zero: never), and only while
+/// identity in this process committed nothing since; a change made through
+/// identity in another process is seen within `ttl`.
 #[derive(Debug, Default)]
-struct TenantCache(Mutex<HashMap<String, (idpb::Tenant, u64, Instant)>>);
+struct TenantCache {
+    ttl: Duration,
+    map: Mutex<HashMap<String, (idpb::Tenant, u64, Instant)>>,
+}
 
 impl TenantCache {
     fn get(&self, id: &str, epoch: u64) -> Option<idpb::Tenant> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(id)
-            .filter(|(_, e, at)| *e == epoch && at.elapsed() < TENANT_TTL)
+            .filter(|(_, e, at)| *e == epoch && at.elapsed() < self.ttl)
             .map(|(t, _, _)| t.clone())
     }
 
     fn put(&self, t: &idpb::Tenant, epoch: u64, at: Instant) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= TENANT_CACHE_MAX {
             map.clear();
         }
@@ -296,6 +301,13 @@ impl IdentityClient {
             creds: ServiceCredentials::new(service, authority),
             tenants: TenantCache::default(),
         }
+    }
+
+    /// Reuses identity's answers about tenants for up to `ttl` (see
+    /// [`TenantCache`]); without it, every call asks.
+    pub fn with_tenant_cache(mut self, ttl: Duration) -> Self {
+        self.tenants.ttl = ttl;
+        self
     }
 
     pub fn credentials(&self) -> &ServiceCredentials {
@@ -352,9 +364,8 @@ impl IdentityClient {
         self.check(&u.user_id, tenant, p, &ctx.trace_id).await
     }
 
-    /// The tenant, or NOT_FOUND naming `field`. Answers from the last
-    /// [`TENANT_TTL`] are reused while identity in this process committed
-    /// nothing since.
+    /// The tenant, or NOT_FOUND naming `field` (from the tenant cache when
+    /// it has a current answer: [`IdentityClient::with_tenant_cache`]).
     pub async fn tenant(
         &self,
         field: &str,
@@ -506,7 +517,11 @@ mod tests {
 
     #[test]
     fn a_cached_tenant_lasts_until_its_ttl_or_the_next_identity_commit() {
-        let cache = TenantCache::default();
+        let ttl = Duration::from_secs(1);
+        let cache = TenantCache {
+            ttl,
+            ..Default::default()
+        };
         let t = idpb::Tenant {
             id: "t-1".into(),
             ..Default::default()
@@ -516,11 +531,14 @@ mod tests {
         assert_eq!(cache.get("t-1", 7), Some(t.clone()));
         assert_eq!(cache.get("t-1", 8), None, "identity committed since");
         assert_eq!(cache.get("t-2", 7), None);
-        let Some(old) = now.checked_sub(TENANT_TTL) else {
+        let Some(old) = now.checked_sub(ttl) else {
             return; // too soon after boot to make an old instant
         };
         cache.put(&t, 7, old);
         assert_eq!(cache.get("t-1", 7), None, "older than the TTL");
+        let off = TenantCache::default();
+        off.put(&t, 7, now);
+        assert_eq!(off.get("t-1", 7), None, "a zero TTL keeps nothing");
     }
 
     #[test]
