@@ -228,20 +228,7 @@ impl Commerce {
         audit::commit(tx, self.now(), ctx, change, request_id, idem, resp).await
     }
 
-    /// Audits and remembers in `tx` without committing; see [`audit::write`].
-    pub(crate) async fn write_change<M: prost::Message>(
-        &self,
-        tx: &mut Tx,
-        ctx: &Ctx,
-        change: Change<'_>,
-        request_id: &str,
-        idem: &Option<Idempotency>,
-        resp: &M,
-    ) -> Result<(), Error> {
-        audit::write(tx, self.now(), ctx, Some(change), request_id, idem, resp).await
-    }
-
-    /// Adds what [`Self::write_change`] writes to `w`; see [`audit::add`].
+    /// Adds what [`Self::commit`] writes to `w`; see [`audit::add`].
     pub(crate) fn add_change<M: prost::Message>(
         &self,
         w: &mut Writes,

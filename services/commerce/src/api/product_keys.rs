@@ -270,10 +270,9 @@ impl Commerce {
                 } else {
                     let sub = self.own_claim(&hash, &claimant, &customer).await?;
                     let (resp, change) = answer(&sub, &key, &partner, &customer);
-                    let mut tx = self.db().begin().await?;
-                    self.write_change(&mut tx, &ctx, change, &r.request_id, &idem, &resp)
+                    let tx = self.db().begin().await?;
+                    self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
                         .await?;
-                    tx.commit().await?;
                     (resp, false)
                 }
             }
