@@ -206,37 +206,54 @@ impl Features {
             .collect()
     }
 
+    /// What [`Features::update`] with these flags would change, without
+    /// changing anything: the reloader records the changes first, so that a
+    /// caller who sees a new flag also finds its audit event.
+    pub fn changes(&self, flags: FeatureFlags, overrides: &[TenantOverride]) -> Vec<FlagChange> {
+        let old = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        diff(&old, &FlagSet::new(flags, overrides))
+    }
+
     /// Swaps in reloaded flags and overrides; returns what changed.
     pub fn update(&self, flags: FeatureFlags, overrides: &[TenantOverride]) -> Vec<FlagChange> {
         let new = FlagSet::new(flags, overrides);
         let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
-        let old = slot.clone();
-        let mut changes = Vec::new();
-        for f in Feature::ALL {
-            if old.flags.is_enabled(f) != new.flags.is_enabled(f) {
-                changes.push(FlagChange {
-                    feature: f,
-                    tenant: None,
-                    enabled: new.flags.is_enabled(f),
-                });
-            }
-        }
-        let tenants: BTreeSet<&String> = old.off_for.keys().chain(new.off_for.keys()).collect();
-        for t in tenants {
-            for f in Feature::ALL {
-                let (was, is) = (old.tenant_off(f, Some(t)), new.tenant_off(f, Some(t)));
-                if was != is {
-                    changes.push(FlagChange {
-                        feature: f,
-                        tenant: Some(t.clone()),
-                        enabled: !is,
-                    });
-                }
-            }
-        }
+        let changes = diff(&slot, &new);
         *slot = Arc::new(new);
         changes
     }
+}
+
+/// Each instance-wide flag, then each tenant override, that differs.
+fn diff(old: &FlagSet, new: &FlagSet) -> Vec<FlagChange> {
+    let mut changes = Vec::new();
+    for f in Feature::ALL {
+        if old.flags.is_enabled(f) != new.flags.is_enabled(f) {
+            changes.push(FlagChange {
+                feature: f,
+                tenant: None,
+                enabled: new.flags.is_enabled(f),
+            });
+        }
+    }
+    let tenants: BTreeSet<&String> = old.off_for.keys().chain(new.off_for.keys()).collect();
+    for t in tenants {
+        for f in Feature::ALL {
+            let (was, is) = (old.tenant_off(f, Some(t)), new.tenant_off(f, Some(t)));
+            if was != is {
+                changes.push(FlagChange {
+                    feature: f,
+                    tenant: Some(t.clone()),
+                    enabled: !is,
+                });
+            }
+        }
+    }
+    changes
 }
 
 /// One service's live flags and the database its flag changes are audited in.
@@ -285,6 +302,15 @@ mod tests {
         let f = Features::new("china", ALL_ON, &[]);
         let mut off = ALL_ON;
         off.product_keys = false;
+        let staged = f.changes(
+            off,
+            &[TenantOverride {
+                tenant_id: "china_x".into(),
+                off: vec!["trials".into()],
+            }],
+        );
+        assert_eq!(staged.len(), 2, "{staged:?}");
+        assert!(f.is_enabled(Feature::ProductKeys, None), "changes() applies nothing");
         let changes = f.update(
             off,
             &[TenantOverride {

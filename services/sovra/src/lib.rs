@@ -382,18 +382,31 @@ impl Reloader {
             tls.reload()
                 .context("TLS material not reloaded; the previous certificates stay in use")?;
         }
+        // Each service records its changes before it swaps them in: a caller
+        // who sees a new flag finds its audit event. A failed record is
+        // reported, and the flags change anyway (the file is what counts).
         let mut changes = Vec::new();
+        let mut failed = None;
         for s in &self.services {
-            let changed = s
-                .features
-                .update(settings.features, &settings.feature_overrides);
+            let (flags, overrides) = (settings.features, &settings.feature_overrides);
+            let changed = s.features.changes(flags, overrides);
             if changed.is_empty() {
                 continue;
             }
-            sovra_runtime::audit::record_flag_changes(&s.db, self.authority.now_ms(), &changed)
-                .await
-                .with_context(|| format!("{}: recording feature-flag changes", s.service))?;
+            let recorded =
+                sovra_runtime::audit::record_flag_changes(&s.db, self.authority.now_ms(), &changed)
+                    .await;
+            if let Err(e) = recorded {
+                failed.get_or_insert(
+                    anyhow::Error::new(e)
+                        .context(format!("{}: recording feature-flag changes", s.service)),
+                );
+            }
+            s.features.update(flags, overrides);
             changes = changed;
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         for c in &changes {
             tracing::info!(
