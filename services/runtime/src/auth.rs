@@ -177,7 +177,7 @@ fn derive(key: &SigningKey, purpose: &str) -> [u8; 32] {
 
 fn key_id(key: &VerifyingKey) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&digest[..8])
 }
 
 /// Who is calling.

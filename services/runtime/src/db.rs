@@ -8,12 +8,15 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{any::AnyPoolOptions, AnyConnection, AnyPool, Executor};
+use sqlx::{any::AnyPoolOptions, AnyConnection, AnyPool, Connection, Executor};
 
 use crate::{
     error::Error,
     group_commit::{GroupTx, Writer},
 };
+
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// A write transaction: `&mut *tx` is its connection; dropped without
 /// `commit` it rolls back. On SQLite it is a savepoint in a shared group
@@ -146,6 +149,19 @@ impl Db {
         let options = || {
             AnyPoolOptions::new()
                 .acquire_timeout(Duration::from_secs(10))
+                // sqlx pings every connection it hands out by default: a
+                // round trip per acquire, a third of a short transaction's.
+                // Only a connection idle for a while is pinged (a dead one
+                // is then replaced); a busy one is known to be alive.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_AFTER_IDLE {
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {

@@ -12,6 +12,7 @@ mod enums;
 pub mod error;
 pub mod features;
 pub mod group_commit;
+pub mod hex;
 pub mod idempotency;
 pub mod ids;
 pub mod links;

@@ -65,7 +65,7 @@ impl LinkCodes {
         body.extend_from_slice(&self.tag(&self.keys[0], kind, &random)[..TAG_BYTES]);
         let code = format!("{}.{kind}.{}", self.instance, B64.encode(body));
         IssuedLink {
-            id: hex(&random),
+            id: crate::hex::encode(&random),
             url: self.url(kind, &code),
             code,
         }
@@ -120,7 +120,7 @@ impl LinkCodes {
             )
             .with_violation(field, "failed its integrity check")
         })?;
-        Ok(hex(random))
+        Ok(crate::hex::encode(random))
     }
 
     fn mac(&self, key: &[u8; 32], kind: &str) -> Hmac<Sha256> {
@@ -146,10 +146,6 @@ fn malformed(field: &str) -> Error {
         format!("{field}: is not a Sovra link code; copy the whole link again"),
     )
     .with_violation(field, "is not a link code")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Refuses a revoked or expired link. `what` names it for people

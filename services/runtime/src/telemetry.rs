@@ -100,26 +100,23 @@ impl SpanContext {
 
     /// This context as a `traceparent` header value.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            if self.sampled { "01" } else { "00" }
-        )
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        crate::hex::push(&mut s, &self.trace_id);
+        s.push('-');
+        crate::hex::push(&mut s, &self.span_id);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        s
     }
 
     /// The trace id in hex, as the logs and the audit trail show it.
     pub fn trace_hex(&self) -> String {
-        hex(&self.trace_id)
+        crate::hex::encode(&self.trace_id)
     }
 }
 
 fn nonzero(v: u128) -> u128 {
     v.max(1)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hex_into(s: &str, out: &mut [u8]) -> bool {

@@ -12,8 +12,6 @@
 //! the same statement on PostgreSQL, so that [`Writes::commit`] needs no
 //! transaction of its own there: one statement is one transaction.
 
-use std::borrow::Cow;
-
 use sqlx::{any::AnyArguments, Any, Arguments};
 
 use crate::db::{Backend, Db, Tx};
@@ -82,20 +80,35 @@ impl Insert {
     /// `INSERT INTO t (…) VALUES ($first, …)`, or `SELECT … FROM guard`
     /// when it depends on the guard.
     fn sql(&self, first: usize, from_guard: bool) -> String {
+        let mut sql = String::with_capacity(64 + 24 * self.columns.len());
+        self.write_sql(&mut sql, first, from_guard);
+        sql
+    }
+
+    /// Appends this row's statement to `sql`, its parameters numbered from
+    /// `first`.
+    fn write_sql(&self, sql: &mut String, first: usize, from_guard: bool) {
+        use std::fmt::Write;
         debug_assert_eq!(self.columns.len(), self.values.len(), "{}", self.table);
-        let params = (first..first + self.values.len())
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let cols = self.columns.join(", ");
-        if from_guard {
-            format!(
-                "INSERT INTO {} ({cols}) SELECT {params} FROM guard",
-                self.table
-            )
-        } else {
-            format!("INSERT INTO {} ({cols}) VALUES ({params})", self.table)
+        let _ = write!(sql, "INSERT INTO {} (", self.table);
+        for (k, c) in self.columns.iter().enumerate() {
+            if k > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(c);
         }
+        sql.push_str(if from_guard {
+            ") SELECT "
+        } else {
+            ") VALUES ("
+        });
+        for n in first..first + self.values.len() {
+            if n > first {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${n}");
+        }
+        sql.push_str(if from_guard { " FROM guard" } else { ")" });
     }
 }
 
@@ -163,12 +176,12 @@ impl Writes {
                 }
             }
             for s in alone {
-                query(&s.sql, &s.values).execute(&mut **tx).await?;
+                query(&s.sql, s.values).execute(&mut **tx).await?;
             }
             return Ok(true);
         }
-        if let Some(g) = &self.guard {
-            if query(&g.sql, &g.values)
+        if let Some(g) = self.guard {
+            if query(&g.sql, g.values)
                 .fetch_optional(&mut **tx)
                 .await?
                 .is_none()
@@ -176,10 +189,10 @@ impl Writes {
                 return Ok(false);
             }
         }
-        for item in &self.items {
+        for item in self.items {
             let (sql, values) = match item {
-                Item::Insert(i) => (Cow::Owned(i.sql(1, false)), &i.values),
-                Item::Alone(s) => (Cow::Borrowed(s.sql.as_str()), &s.values),
+                Item::Insert(i) => (i.sql(1, false), i.values),
+                Item::Alone(s) => (s.sql, s.values),
             };
             query(&sql, values).execute(&mut **tx).await?;
         }
@@ -208,14 +221,7 @@ impl Writes {
     /// The guard and the rows as one statement, and what must run alone.
     fn fold(self) -> (Option<Folded>, Vec<Statement>) {
         let mut args = AnyArguments::default();
-        let mut ctes = Vec::new();
-        let mut n = 1;
         let guarded = self.guard.is_some();
-        if let Some(g) = self.guard {
-            bind_all(&mut args, &g.values);
-            n += g.values.len();
-            ctes.push(format!("guard AS ({})", g.sql));
-        }
         let mut inserts = Vec::new();
         let mut alone = Vec::new();
         for item in self.items {
@@ -224,27 +230,40 @@ impl Writes {
                 Item::Alone(s) => alone.push(s),
             }
         }
+        let mut sql = String::with_capacity(256 * (inserts.len() + 1));
+        let mut n = 1;
+        if let Some(g) = self.guard {
+            sql.push_str("WITH guard AS (");
+            sql.push_str(&g.sql);
+            sql.push(')');
+            n += g.values.len();
+            bind_all(&mut args, g.values);
+        }
         let Some(last) = inserts.pop() else {
             // Only a guard (or nothing): the guard is the statement.
-            let folded = ctes.pop().map(|g| Folded {
-                sql: format!("WITH {g} SELECT 1 FROM guard"),
-                args,
-                outcome: Outcome::Row,
+            let folded = guarded.then(|| {
+                sql.push_str(" SELECT 1 FROM guard");
+                Folded {
+                    sql,
+                    args,
+                    outcome: Outcome::Row,
+                }
             });
             return (folded, alone);
         };
-        for (k, i) in inserts.iter().enumerate() {
-            bind_all(&mut args, &i.values);
-            ctes.push(format!("w{k} AS ({})", i.sql(n, guarded)));
+        for (k, i) in inserts.into_iter().enumerate() {
+            sql.push_str(if sql.is_empty() { "WITH " } else { ", " });
+            let _ = std::fmt::Write::write_fmt(&mut sql, format_args!("w{k} AS ("));
+            i.write_sql(&mut sql, n, guarded);
+            sql.push(')');
             n += i.values.len();
+            bind_all(&mut args, i.values);
         }
-        bind_all(&mut args, &last.values);
-        let main = last.sql(n, guarded);
-        let sql = if ctes.is_empty() {
-            main
-        } else {
-            format!("WITH {} {main}", ctes.join(", "))
-        };
+        if !sql.is_empty() {
+            sql.push(' ');
+        }
+        last.write_sql(&mut sql, n, guarded);
+        bind_all(&mut args, last.values);
         let outcome = if guarded {
             Outcome::Written
         } else {
@@ -254,7 +273,6 @@ impl Writes {
     }
 }
 
-/// Everything PostgreSQL takes as one statement.
 struct Folded {
     sql: String,
     args: AnyArguments<'static>,
@@ -288,19 +306,20 @@ impl Folded {
     }
 }
 
-fn query<'q>(sql: &'q str, values: &'q [Value]) -> sqlx::query::Query<'q, Any, AnyArguments<'q>> {
+fn query(sql: &str, values: Vec<Value>) -> sqlx::query::Query<'_, Any, AnyArguments<'_>> {
     let mut args = AnyArguments::default();
     bind_all(&mut args, values);
     sqlx::query_with(sql, args)
 }
 
-fn bind_all(args: &mut AnyArguments<'_>, values: &[Value]) {
+/// Binds `values` in order, moving them (a row's text can be kilobytes).
+fn bind_all(args: &mut AnyArguments<'_>, values: impl IntoIterator<Item = Value>) {
     for v in values {
         // Adding a value of a type Any supports cannot fail.
         let _ = match v {
-            Value::Text(s) => args.add(s.clone()),
-            Value::Int(i) => args.add(*i),
-            Value::MaybeInt(i) => args.add(*i),
+            Value::Text(s) => args.add(s),
+            Value::Int(i) => args.add(i),
+            Value::MaybeInt(i) => args.add(i),
         };
     }
 }

@@ -499,7 +499,7 @@ impl Commerce {
             request_id.to_owned()
         };
         let digest = Sha256::digest(format!("{}|{rid}", link.id));
-        let derived: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let derived = sovra_runtime::hex::encode(&digest[..16]);
         let created = self
             .identity()
             .create_tenant(
@@ -562,7 +562,7 @@ fn relationships_request_id(
     reassign: bool,
 ) -> String {
     let digest = Sha256::digest(format!("{link}|{customer}|{}|{reassign}", da as i32));
-    let h: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let h = sovra_runtime::hex::encode(&digest[..16]);
     format!("commerce:redeem:{h}")
 }
 

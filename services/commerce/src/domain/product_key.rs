@@ -93,7 +93,7 @@ impl ProductKey {
     /// 110 random bits, so an unsalted hash can't be reversed by search.
     pub fn hash(&self) -> String {
         let d = Sha256::digest(format!("sovra-product-key:{}", self.0));
-        d.iter().map(|b| format!("{b:02x}")).collect()
+        sovra_runtime::hex::encode(&d)
     }
 
     /// The last five characters, to tell keys apart without showing them.

@@ -118,82 +118,89 @@ const SEQUENCER_LOCK: i64 = 4243;
 /// Lowest subscription version first: a subscription's change commits only
 /// after its previous change committed, so when a batch holds a change, it
 /// holds every earlier change of that subscription still waiting, and
-/// numbers them in order.
+/// numbers them in order. Each partner's notifications in the batch take
+/// the numbers after its highest, in batch order.
+///
+/// The statements' text never changes, so each connection prepares them
+/// once. On PostgreSQL the batch moves in one statement, after the lock (a
+/// statement started before the lock was held could miss the numbers the
+/// previous holder committed). On SQLite the writer is alone in its
+/// transaction, so the same batch is read twice: numbered in, then deleted.
 pub async fn sequence_waiting(db: &Db, limit: usize) -> Result<usize, Error> {
     let mut tx = db.begin().await?;
-    if db.backend() == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(SEQUENCER_LOCK)
-            .execute(&mut *tx)
+    let moved = match db.backend() {
+        Backend::Postgres => {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(SEQUENCER_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            on_batch(
+                &mut tx,
+                &format!(
+                    "WITH w AS (DELETE FROM notification_outbox WHERE id IN ({BATCH}) \
+                     RETURNING id, partner_tenant_id, subscription_version, kind, subscription, previous_license_count, created_at), \
+                     {NUMBER}"
+                ),
+                limit,
+            )
+            .await?
+        }
+        Backend::Sqlite => {
+            let numbered = on_batch(
+                &mut tx,
+                &format!(
+                    "WITH w AS (SELECT * FROM notification_outbox WHERE id IN ({BATCH})), {NUMBER}"
+                ),
+                limit,
+            )
             .await?;
-    }
-    let rows: Vec<Waiting> = sqlx::query_as(
-        "SELECT id, partner_tenant_id, kind, subscription, previous_license_count, created_at \
-         FROM notification_outbox ORDER BY subscription_version, created_at, id LIMIT $1",
-    )
-    .bind(limit as i64)
-    .fetch_all(&mut *tx)
-    .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    // Each partner's in batch order.
-    let mut partners: Vec<(&str, Vec<&Waiting>)> = Vec::new();
-    for row in &rows {
-        match partners.iter_mut().find(|(p, _)| *p == row.1) {
-            Some((_, list)) => list.push(row),
-            None => partners.push((&row.1, vec![row])),
+            let deleted = on_batch(
+                &mut tx,
+                &format!("DELETE FROM notification_outbox WHERE id IN ({BATCH})"),
+                limit,
+            )
+            .await?;
+            if numbered != deleted {
+                return Err(Error::internal(
+                    "the feed's waiting batch changed within its transaction",
+                ));
+            }
+            numbered
         }
+    };
+    if moved > 0 {
+        tx.commit().await?;
     }
-    for (partner, list) in &partners {
-        let (last,): (i64,) = sqlx::query_as(
-            "SELECT COALESCE(MAX(seq), 0) FROM notifications WHERE partner_tenant_id = $1",
-        )
-        .bind(*partner)
-        .fetch_one(&mut *tx)
-        .await?;
-        let sql = format!(
-            "INSERT INTO notifications (partner_tenant_id, seq, kind, subscription, previous_license_count, created_at) VALUES {}",
-            placeholders(list.len(), 6)
-        );
-        let mut insert = sqlx::query(&sql);
-        for (i, (_, _, kind, sub, prev, at)) in list.iter().enumerate() {
-            insert = insert
-                .bind(*partner)
-                .bind(last + 1 + i as i64)
-                .bind(kind.as_str())
-                .bind(sub.as_str())
-                .bind(*prev)
-                .bind(*at);
-        }
-        insert.execute(&mut *tx).await?;
-    }
-    let sql = format!(
-        "DELETE FROM notification_outbox WHERE id IN {}",
-        placeholders(1, rows.len())
-    );
-    let mut delete = sqlx::query(&sql);
-    for row in &rows {
-        delete = delete.bind(row.0.as_str());
-    }
-    delete.execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(rows.len())
+    Ok(moved as usize)
 }
 
-/// id, partner, kind, subscription, previous license count, created at.
-type Waiting = (String, String, String, String, i64, i64);
-
-/// `($1, …, $width), ($width+1, …)`, `rows` times.
-fn placeholders(rows: usize, width: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let cols: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
-            format!("({})", cols.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Runs `sql`, whose `$1` is the batch's size, and returns the rows it
+/// wrote.
+async fn on_batch(tx: &mut Tx, sql: &str, limit: usize) -> Result<u64, Error> {
+    Ok(sqlx::query(sql)
+        .bind(limit as i64)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
 }
+
+/// The ids of the batch to number: `$1` waiting notifications, lowest
+/// subscription version first.
+const BATCH: &str = "SELECT id FROM notification_outbox \
+                     ORDER BY subscription_version, created_at, id LIMIT $1";
+
+/// Inserts the waiting rows `w` into their partners' feeds: each partner's
+/// after its highest number (looked up once per partner), in batch order.
+/// Follows a `WITH w AS (…), `.
+const NUMBER: &str = "last AS (SELECT p.partner_tenant_id, \
+     COALESCE((SELECT MAX(n.seq) FROM notifications n WHERE n.partner_tenant_id = p.partner_tenant_id), 0) AS seq \
+     FROM (SELECT DISTINCT partner_tenant_id FROM w) p) \
+     INSERT INTO notifications \
+     (partner_tenant_id, seq, kind, subscription, previous_license_count, created_at) \
+     SELECT w.partner_tenant_id, \
+     l.seq + ROW_NUMBER() OVER (PARTITION BY w.partner_tenant_id ORDER BY w.subscription_version, w.created_at, w.id), \
+     w.kind, w.subscription, w.previous_license_count, w.created_at \
+     FROM w JOIN last l ON l.partner_tenant_id = w.partner_tenant_id";
 
 /// Up to `limit` of `partner`'s notifications after `after`, oldest first.
 pub async fn after(

@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "link_redemption_count",
         sql: include_str!("../../migrations/0003_link_redemption_count.sql"),
     },
+    Migration {
+        version: 4,
+        name: "trial_end_index",
+        sql: include_str!("../../migrations/0004_trial_end_index.sql"),
+    },
 ];
 
 /// A stored value that no longer parses: the row is corrupt.

@@ -10,7 +10,7 @@
 /// a prefix of the text is a prefix of the key.
 pub fn key(text: &str) -> String {
     let lower: String = text.trim().chars().flat_map(char::to_lowercase).collect();
-    lower.bytes().map(|b| format!("{b:02x}")).collect()
+    sovra_runtime::hex::encode(lower.as_bytes())
 }
 
 /// The key range `[lo, hi)` of everything starting with `query`.
