@@ -310,7 +310,10 @@ mod tests {
             }],
         );
         assert_eq!(staged.len(), 2, "{staged:?}");
-        assert!(f.is_enabled(Feature::ProductKeys, None), "changes() applies nothing");
+        assert!(
+            f.is_enabled(Feature::ProductKeys, None),
+            "changes() applies nothing"
+        );
         let changes = f.update(
             off,
             &[TenantOverride {
