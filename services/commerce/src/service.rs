@@ -23,8 +23,10 @@ use tokio::sync::watch;
 use sovra_runtime::ratelimit::{MutationLimits, RateLimiter};
 
 use crate::{
-    advisors::AdvisorClient, domain::catalog::Catalog, sequencer::FeedSequencer,
-    store::feed::Numbering,
+    advisors::AdvisorClient,
+    domain::catalog::Catalog,
+    sequencer::FeedSequencer,
+    store::feed::{self, Numbering},
 };
 
 /// What commerce needs from configuration.
@@ -197,6 +199,41 @@ impl Commerce {
             }
         }
         self.notify_watchers();
+    }
+
+    /// Commits the writes of a change that wrote notifications, answered
+    /// only after [`Commerce::feed_durable`] succeeds. Where a numbering pass
+    /// follows (PostgreSQL) and a notification waits for it, the commit does
+    /// not wait for its own WAL flush: the pass that numbers the
+    /// notification begins after this commit and flushes, which makes it
+    /// durable. So a redemption waits for one flush instead of two.
+    pub(crate) async fn commit_for_feed(&self, w: Writes) -> Result<bool, sqlx::Error> {
+        if self.numbering() == Numbering::Deferred && w.inserts_into(feed::OUTBOX) {
+            w.commit_unflushed(self.db()).await
+        } else {
+            w.commit(self.db()).await
+        }
+    }
+
+    /// After [`Commerce::commit_for_feed`], and before answering from a row
+    /// such a commit wrote (a replay): numbers the waiting notifications and
+    /// wakes the watchers. The change is durable once this returns `Ok` (a
+    /// numbered notification was numbered by a flushing commit that began
+    /// after its own). A failed pass answers UNAVAILABLE, and the caller's
+    /// retry with its request id replays the stored answer (or, after a
+    /// crash that lost the change, makes it again).
+    pub(crate) async fn feed_durable(&self) -> Result<(), Error> {
+        if self.numbering() == Numbering::Deferred {
+            if let Err(e) = self.inner.sequencer.run(self.db()).await {
+                tracing::warn!(error = %e, "numbering notifications failed; the caller retries");
+                return Err(Error::unavailable(
+                    "COMMIT_UNCONFIRMED",
+                    "the change could not be confirmed; retry with the same request_id to learn its outcome",
+                ));
+            }
+        }
+        self.notify_watchers();
+        Ok(())
     }
 
     /// Numbers whatever waits (see [`FeedSequencer::sweep`]).

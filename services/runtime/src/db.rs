@@ -100,6 +100,9 @@ const RUNTIME_MIGRATIONS: &[Migration] = &[Migration {
 pub struct Db {
     read: AnyPool,
     write: AnyPool,
+    /// PostgreSQL only: connections whose commits don't wait for the WAL
+    /// flush (see [`Db::write_unflushed`]).
+    unflushed: Option<AnyPool>,
     writer: Option<Arc<Writer>>,
     backend: Backend,
 }
@@ -146,7 +149,9 @@ impl Db {
             service: service.to_owned(),
             source,
         };
-        let options = || {
+        // `flush`: false for the pool whose commits don't wait for the WAL
+        // flush (PostgreSQL's `synchronous_commit = off`).
+        let options = |flush: bool| {
             AnyPoolOptions::new()
                 .acquire_timeout(Duration::from_secs(10))
                 // sqlx pings every connection it hands out by default: a
@@ -171,6 +176,8 @@ impl Db {
                                  PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
                             )
                             .await?;
+                        } else if !flush {
+                            conn.execute("SET synchronous_commit = off").await?;
                         }
                         Ok(())
                     })
@@ -178,12 +185,12 @@ impl Db {
         };
         match backend {
             Backend::Sqlite => {
-                let write = options()
+                let write = options(true)
                     .max_connections(1)
                     .connect(url)
                     .await
                     .map_err(connect_err)?;
-                let read = options()
+                let read = options(true)
                     .max_connections(max_connections.max(1))
                     .connect(url)
                     .await
@@ -192,18 +199,27 @@ impl Db {
                     read,
                     writer: Some(Writer::start(write.clone())),
                     write,
+                    unflushed: None,
                     backend,
                 })
             }
             Backend::Postgres => {
-                let pool = options()
+                let pool = options(true)
                     .max_connections(max_connections.max(1))
                     .connect(url)
                     .await
                     .map_err(connect_err)?;
+                // Connects on first use: a service that never defers its
+                // flush holds no connection for it.
+                let unflushed = options(false)
+                    .max_connections(max_connections.max(1))
+                    .min_connections(0)
+                    .connect_lazy(url)
+                    .map_err(connect_err)?;
                 Ok(Db {
                     read: pool.clone(),
                     write: pool,
+                    unflushed: Some(unflushed),
                     writer: None,
                     backend,
                 })
@@ -388,6 +404,18 @@ impl Db {
         &self.write
     }
 
+    /// The pool for a single-statement write whose commit does not wait
+    /// for the WAL flush: it is visible at once and durable a moment later.
+    /// Only for a caller that acknowledges nothing until a later commit on
+    /// [`Db::write`], which began after this one returned, has committed:
+    /// PostgreSQL writes one log in order, so that commit's flush makes this
+    /// one durable too. The feed sequencer's pass is such a commit (see
+    /// commerce's `feed_durable`). SQLite's commits always flush (its group
+    /// commit shares the fsync instead): there this is [`Db::write`].
+    pub fn write_unflushed(&self) -> &AnyPool {
+        self.unflushed.as_ref().unwrap_or(&self.write)
+    }
+
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, Error> {
         Ok(self.begin_tx().await?)
@@ -405,6 +433,9 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        if let Some(u) = &self.unflushed {
+            u.close().await;
+        }
         self.write.close().await;
         self.read.close().await;
     }

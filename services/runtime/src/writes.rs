@@ -157,6 +157,13 @@ impl Writes {
         self.items.push(Item::Insert(row));
     }
 
+    /// Whether a row for `table` is among the writes.
+    pub fn inserts_into(&self, table: &str) -> bool {
+        self.items
+            .iter()
+            .any(|i| matches!(i, Item::Insert(row) if row.table == table))
+    }
+
     /// A statement that runs on its own, after the rows (see [`Item::Alone`]).
     pub fn statement(&mut self, sql: impl Into<String>, values: Vec<Value>) {
         self.items.push(Item::Alone(Statement {
@@ -203,10 +210,22 @@ impl Writes {
     /// without a statement that must run alone, that is one statement: one
     /// round trip, no BEGIN, no COMMIT.
     pub async fn commit(self, db: &Db) -> Result<bool, sqlx::Error> {
+        self.commit_on(db, db.write()).await
+    }
+
+    /// As [`Writes::commit`], but on PostgreSQL the commit does not wait
+    /// for the WAL flush: the caller must not acknowledge the change before
+    /// a later flushing commit (see [`Db::write_unflushed`]). Writes that
+    /// need a transaction of their own flush as usual.
+    pub async fn commit_unflushed(self, db: &Db) -> Result<bool, sqlx::Error> {
+        self.commit_on(db, db.write_unflushed()).await
+    }
+
+    async fn commit_on(self, db: &Db, pool: &sqlx::AnyPool) -> Result<bool, sqlx::Error> {
         let alone = self.items.iter().any(|i| matches!(i, Item::Alone(_)));
         if db.backend() == Backend::Postgres && !alone {
             return match self.fold().0 {
-                Some(f) => f.run(db.write()).await,
+                Some(f) => f.run(pool).await,
                 None => Ok(true),
             };
         }

@@ -148,3 +148,42 @@ async fn racing_guards_write_once(backend: Backend) {
     assert_eq!(things(&db).await.len(), 4, "one row per ticket");
     db.close().await;
 }
+
+backend_test!(unflushed_commits_write_like_commits_and_only_they_skip_the_flush);
+async fn unflushed_commits_write_like_commits_and_only_they_skip_the_flush(backend: Backend) {
+    let (_tdb, db) = open(backend).await;
+    ticket(&db, "t9").await;
+    let mut w = take("t9", "first");
+    w.insert(thing("u", 1, None));
+    assert!(w.inserts_into("things") && !w.inserts_into("tickets"));
+    assert!(w.commit_unflushed(&db).await.unwrap());
+    let mut w = take("t9", "second");
+    w.insert(thing("v", 2, None));
+    assert!(
+        !w.commit_unflushed(&db).await.unwrap(),
+        "the ticket is taken"
+    );
+    let ids: Vec<String> = things(&db).await.into_iter().map(|t| t.0).collect();
+    assert_eq!(ids, ["u"]);
+
+    if backend == Backend::Postgres {
+        // Only the unflushed pool's commits skip the WAL flush; a commit
+        // acknowledged on its own (every other pool) waits for it.
+        let setting = |pool: &sqlx::AnyPool| {
+            let pool = pool.clone();
+            async move {
+                let (v,): (String,) = sqlx::query_as("SHOW synchronous_commit")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                v
+            }
+        };
+        assert_eq!(setting(db.write_unflushed()).await, "off");
+        assert_eq!(setting(db.write()).await, "on");
+        assert_eq!(setting(db.read()).await, "on");
+    } else {
+        // SQLite's commits always flush: there is no other pool.
+        assert!(std::ptr::eq(db.write_unflushed(), db.write()));
+    }
+}

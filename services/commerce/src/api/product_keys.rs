@@ -251,7 +251,9 @@ impl Commerce {
             // Answered before: the relationships step below runs again (it
             // replays there too), so a redemption cut off between the two
             // finishes, and the answer carries its delegated-admin offer.
-            Some(prev) => (prev, false),
+            // The pass runs too: the answer may be from a commit still
+            // waiting for its flush (see `commit_for_feed`).
+            Some(prev) => (prev, true),
             None => {
                 // A key's product and terms never change once imported: the
                 // subscription is made from the read, and the claim guards
@@ -262,7 +264,8 @@ impl Commerce {
                 let mut w = product_keys::claim(&hash, &claimant, partner.as_str(), &sub.id, now);
                 self.add_new_subscription(&mut w, &sub);
                 self.add_change(&mut w, &ctx, change, &r.request_id, &idem, &resp);
-                if w.commit(self.db())
+                if self
+                    .commit_for_feed(w)
                     .await
                     .map_err(|e| write_error(e, &sub))?
                 {
@@ -296,13 +299,16 @@ impl Commerce {
             },
             &ctx.trace_id,
         );
-        // The subscription's notification is numbered meanwhile.
+        // The subscription's notification is numbered meanwhile; that pass
+        // also makes the claim durable (see `commit_for_feed`).
         let numbered = async {
-            if wrote {
-                self.feed_written().await;
+            match wrote {
+                true => self.feed_durable().await,
+                false => Ok(()),
             }
         };
-        let (recorded, ()) = tokio::join!(record, numbered);
+        let (recorded, numbered) = tokio::join!(record, numbered);
+        numbered?;
         let offer = recorded?.delegated_admin_offer.unwrap_or_default();
         Ok(Response::new(pb::RedeemProductKeyResponse {
             delegated_admin_offer_url: offer.url,

@@ -163,6 +163,8 @@ impl Commerce {
         )
         .await?;
         if let Some(prev) = replay_read(&idem, self.db()).await? {
+            // Its commit may still wait for the flush a pass gives it.
+            self.feed_durable().await?;
             return Ok(prev);
         }
 
@@ -189,7 +191,9 @@ impl Commerce {
         if let Some(first) =
             links::redemption(self.db().read(), &link.id, &customer.tenant_id).await?
         {
-            // Redeeming the same link again for the same customer answers the first result.
+            // Redeeming the same link again for the same customer answers
+            // the first result, once it is durable.
+            self.feed_durable().await?;
             return decode(&first);
         }
         if link.kind == LinkKind::Trial {
@@ -287,13 +291,16 @@ impl Commerce {
             self.add_new_subscription(&mut w, s);
         }
         self.add_change(&mut w, &ctx, audit.clone(), r.request_id, &idem, &resp);
-        let written = w.commit(self.db()).await.map_err(|e| match subs.first() {
-            Some(s) => write_error(e, s),
-            None => idempotency::write_error(e),
-        })?;
+        let written = self
+            .commit_for_feed(w)
+            .await
+            .map_err(|e| match subs.first() {
+                Some(s) => write_error(e, s),
+                None => idempotency::write_error(e),
+            })?;
         if written {
+            self.feed_durable().await?;
             sovra_runtime::metrics::business::link_redeemed(link.kind.as_str());
-            self.feed_written().await;
             return Ok(resp);
         }
 
@@ -337,6 +344,7 @@ impl Commerce {
             let first = links::redemption(self.db().read(), &link.id, &customer.tenant_id)
                 .await?
                 .ok_or_else(|| Error::internal("redemption vanished"))?;
+            self.feed_durable().await?;
             return decode(&first);
         }
         self.commit(tx, &ctx, Some(audit), r.request_id, &idem, &resp)

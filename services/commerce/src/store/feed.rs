@@ -61,6 +61,9 @@ pub async fn append(tx: &mut Tx, numbering: Numbering, e: Entry<'_>) -> Result<(
     Ok(())
 }
 
+/// Where deferred notifications wait for their numbers.
+pub const OUTBOX: &str = "notification_outbox";
+
 /// Adds `e` to `w`, numbered as `numbering` says.
 pub fn add(w: &mut Writes, numbering: Numbering, e: Entry<'_>) {
     match numbering {
@@ -77,7 +80,7 @@ pub fn add(w: &mut Writes, numbering: Numbering, e: Entry<'_>) {
         ),
         Numbering::Deferred => w.insert(
             Insert::new(
-                "notification_outbox",
+                OUTBOX,
                 &[
                     "id",
                     "partner_tenant_id",
