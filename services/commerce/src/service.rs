@@ -192,13 +192,8 @@ impl Commerce {
     /// for it, then wakes the watchers. A failed pass is logged, not
     /// returned: the change is committed, and the sweep numbers it later.
     pub(crate) async fn feed_written(&self) {
-        if self.numbering() == Numbering::Deferred {
-            if let Err(e) = self.inner.sequencer.run(self.db()).await {
-                tracing::warn!(error = %e, "numbering notifications failed; the sweep retries");
-                return;
-            }
-        }
-        self.notify_watchers();
+        // `feed_durable` logs the failure; the sweep numbers it later.
+        let _ = self.feed_durable().await;
     }
 
     /// Commits the writes of a change that wrote notifications, answered
@@ -225,7 +220,7 @@ impl Commerce {
     pub(crate) async fn feed_durable(&self) -> Result<(), Error> {
         if self.numbering() == Numbering::Deferred {
             if let Err(e) = self.inner.sequencer.run(self.db()).await {
-                tracing::warn!(error = %e, "numbering notifications failed; the caller retries");
+                tracing::warn!(error = %e, "numbering notifications failed; the sweep retries");
                 return Err(Error::unavailable(
                     "COMMIT_UNCONFIRMED",
                     "the change could not be confirmed; retry with the same request_id to learn its outcome",
