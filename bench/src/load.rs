@@ -72,6 +72,8 @@ pub struct Outcome {
     /// CPU seconds used by this process (the client) and by the server.
     pub client_cpu: f64,
     pub server_cpu: f64,
+    /// The whole machine's CPU time over the run (see [`MachineTicks`]).
+    pub machine: MachineTicks,
 }
 
 impl Outcome {
@@ -161,6 +163,63 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The machine's CPU time (all cores) from the first line of /proc/stat, in
+/// ticks: how much was idle, and how much the hypervisor gave to other
+/// guests (steal). A shared VM's steal moves from minute to minute; a
+/// baseline and a scenario run under different steal are not comparable.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MachineTicks {
+    pub total: f64,
+    pub idle: f64,
+    pub steal: f64,
+}
+
+impl MachineTicks {
+    pub fn now() -> Self {
+        std::fs::read_to_string("/proc/stat")
+            .map(|s| Self::parse(&s))
+            .unwrap_or_default()
+    }
+
+    /// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`
+    /// (guest time is already counted in user).
+    fn parse(stat: &str) -> Self {
+        let f: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+        Self {
+            total: f.iter().sum(),
+            idle: at(3) + at(4),
+            steal: at(7),
+        }
+    }
+
+    /// What passed between `earlier` and `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            total: self.total - earlier.total,
+            idle: self.idle - earlier.idle,
+            steal: self.steal - earlier.steal,
+        }
+    }
+
+    /// Idle and steal as fractions of the time that passed (0 when none
+    /// was counted).
+    pub fn shares(&self) -> (f64, f64) {
+        if self.total <= 0.0 {
+            return (0.0, 0.0);
+        }
+        (self.idle / self.total, self.steal / self.total)
+    }
+}
+
 /// Resident memory of `pid` in MiB (VmRSS).
 pub fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -194,7 +253,7 @@ where
     let period = spec
         .rate
         .map(|r| Duration::from_secs_f64(workers as f64 / r.max(0.001)));
-    let cpu = std::sync::Mutex::new(None::<(f64, f64)>);
+    let cpu = std::sync::Mutex::new(None::<(f64, f64, MachineTicks)>);
     let cpu = Arc::new(cpu);
     let mut tasks = Vec::with_capacity(workers);
     for w in 0..workers {
@@ -226,7 +285,11 @@ where
                 if w == 0 && start >= measure_from {
                     let mut c = cpu.lock().unwrap();
                     if c.is_none() {
-                        *c = Some((cpu_seconds(None), cpu_seconds(Some(server))));
+                        *c = Some((
+                            cpu_seconds(None),
+                            cpu_seconds(Some(server)),
+                            MachineTicks::now(),
+                        ));
                     }
                 }
                 let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -272,10 +335,11 @@ where
         }
     }
     let elapsed = Instant::now().saturating_duration_since(measure_from);
-    let (c0, s0) = cpu
-        .lock()
-        .unwrap()
-        .unwrap_or((cpu_seconds(None), cpu_seconds(Some(server))));
+    let (c0, s0, m0) = cpu.lock().unwrap().unwrap_or((
+        cpu_seconds(None),
+        cpu_seconds(Some(server)),
+        MachineTicks::now(),
+    ));
     Outcome {
         ok,
         lost,
@@ -286,6 +350,7 @@ where
         hist,
         client_cpu: cpu_seconds(None) - c0,
         server_cpu: cpu_seconds(Some(server)) - s0,
+        machine: MachineTicks::now().since(m0),
     }
 }
 
@@ -308,6 +373,7 @@ mod tests {
                 hist,
                 client_cpu: 0.0,
                 server_cpu: 0.0,
+                machine: MachineTicks::default(),
             }
         };
         let mut r = Repeated::default();
@@ -320,6 +386,20 @@ mod tests {
         assert_eq!(r.p99s(), "1.90, 0.10, 1.00");
         r.push(run(1_500, 0));
         assert_eq!(r.median().ms(0.99), 1.5);
+    }
+
+    #[test]
+    fn idle_and_steal_are_shares_of_the_machines_time() {
+        let at = |line: &str| MachineTicks::parse(&format!("{line}\ncpu0 1 2 3\n"));
+        let before = at("cpu  100 0 50 800 50 0 0 0 0 0");
+        let after = at("cpu  400 0 150 900 50 0 0 400 30 0");
+        let d = after.since(before);
+        assert_eq!(d.total, 900.0);
+        let (idle, steal) = d.shares();
+        assert!((idle - 100.0 / 900.0).abs() < 1e-9);
+        assert!((steal - 400.0 / 900.0).abs() < 1e-9);
+        assert_eq!(MachineTicks::default().shares(), (0.0, 0.0));
+        assert!(MachineTicks::now().total > 0.0, "read from this machine");
     }
 
     #[test]

@@ -32,12 +32,15 @@ pub struct Report {
 impl Report {
     pub fn run(&mut self, name: &str, backend: &str, outcome: Outcome) -> Outcome {
         let (c, s) = outcome.cores();
+        let (idle, steal) = outcome.machine.shares();
         println!(
-            "{name:<44} {backend:<10} {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms p99.9 {:>7.2} ms cpu client {c:.2} server {s:.2} errors {}",
+            "{name:<44} {backend:<10} {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms p99.9 {:>7.2} ms cpu client {c:.2} server {s:.2} idle {:.0}% steal {:.0}% errors {}",
             outcome.throughput(),
             outcome.ms(0.5),
             outcome.ms(0.99),
             outcome.ms(0.999),
+            idle * 100.0,
+            steal * 100.0,
             outcome.errors,
         );
         if let Some(e) = &outcome.first_error {
@@ -111,20 +114,23 @@ impl Report {
         let _ = writeln!(out, "\n## Runs\n");
         let _ = writeln!(
             out,
-            "| run | backend | req/s | p50 ms | p99 ms | p99.9 ms | client cores | server cores | errors |\n|---|---|---|---|---|---|---|---|---|"
+            "| run | backend | req/s | p50 ms | p99 ms | p99.9 ms | client cores | server cores | machine idle | steal | errors |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in &self.runs {
             let o = &r.outcome;
             let (c, s) = o.cores();
+            let (idle, steal) = o.machine.shares();
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {c:.2} | {s:.2} | {} |",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {c:.2} | {s:.2} | {:.0}% | {:.0}% | {} |",
                 r.name,
                 r.backend,
                 o.throughput(),
                 o.ms(0.5),
                 o.ms(0.99),
                 o.ms(0.999),
+                idle * 100.0,
+                steal * 100.0,
                 o.errors
             );
         }
