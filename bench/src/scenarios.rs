@@ -1010,6 +1010,13 @@ fn docs_tail() -> String {
      - CPU: this process's and the server's utime + stime from `/proc`, over\n\
        the measured part of each run, in cores. PostgreSQL's own processes are\n\
        not counted (they share the two cores).\n\
+     - Machine idle and steal: the whole machine's idle and stolen CPU time\n\
+       (`/proc/stat`) over the same part of each run, as shares of all its\n\
+       CPU time. Steal is time the hypervisor gave to other guests; it moved\n\
+       from 0% to 35% within minutes on the shared machine this was tuned\n\
+       on, and B1 with it (twofold). A throughput figure whose run and\n\
+       baseline ran with steal more than 10 points apart is flagged in the\n\
+       notes: re-run it before reading its ratio.\n\
      - Baselines run as processes of their own, answering identity's\n\
        `CheckAccess` (the same message sizes): B0 answers at once, B1 commits a\n\
        one-row INSERT, B2 reads one row by primary key, both through sqlx with\n\
