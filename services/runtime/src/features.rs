@@ -302,25 +302,17 @@ mod tests {
         let f = Features::new("china", ALL_ON, &[]);
         let mut off = ALL_ON;
         off.product_keys = false;
-        let staged = f.changes(
-            off,
-            &[TenantOverride {
-                tenant_id: "china_x".into(),
-                off: vec!["trials".into()],
-            }],
-        );
+        let overrides = [TenantOverride {
+            tenant_id: "china_x".into(),
+            off: vec!["trials".into()],
+        }];
+        let staged = f.changes(off, &overrides);
         assert_eq!(staged.len(), 2, "{staged:?}");
         assert!(
             f.is_enabled(Feature::ProductKeys, None),
             "changes() applies nothing"
         );
-        let changes = f.update(
-            off,
-            &[TenantOverride {
-                tenant_id: "china_x".into(),
-                off: vec!["trials".into()],
-            }],
-        );
+        let changes = f.update(off, &overrides);
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert_eq!(changes[0].to_string(), "product_keys turned off");
         assert_eq!(
