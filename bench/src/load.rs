@@ -140,6 +140,56 @@ impl Repeated {
     }
 }
 
+/// A throughput figure's runs, each made right after a baseline run of its
+/// own (run, baseline), and read at the median ratio: the hypervisor's
+/// steal moves a baseline twofold within minutes, so only a run and the
+/// baseline beside it compare.
+#[derive(Default)]
+pub struct Pairs(Vec<(Outcome, Outcome)>);
+
+impl Pairs {
+    /// One run and its baseline.
+    pub fn one(run: Outcome, base: Outcome) -> Self {
+        Pairs(vec![(run, base)])
+    }
+
+    pub fn push(&mut self, run: Outcome, base: Outcome) {
+        self.0.push((run, base));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(Outcome, Outcome)> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Each pair's run throughput over its baseline's, in the order they ran.
+    pub fn ratios(&self) -> Vec<f64> {
+        self.0
+            .iter()
+            .map(|(run, base)| match base.throughput() {
+                b if b > 0.0 => run.throughput() / b,
+                _ => 0.0,
+            })
+            .collect()
+    }
+
+    /// The median ratio (the higher middle one of an even count; 0 with no
+    /// pairs).
+    pub fn median_ratio(&self) -> f64 {
+        let mut r = self.ratios();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    /// Errors over every run (not counting the baselines').
+    pub fn errors(&self) -> u64 {
+        self.0.iter().map(|(run, _)| run.errors).sum()
+    }
+}
+
 /// 1 µs to 60 s, three significant digits.
 fn histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds")
@@ -386,6 +436,35 @@ mod tests {
         assert_eq!(r.p99s(), "1.90, 0.10, 1.00");
         r.push(run(1_500, 0));
         assert_eq!(r.median().ms(0.99), 1.5);
+    }
+
+    #[test]
+    fn pairs_are_read_at_their_median_ratio() {
+        let run = |ok: u64, errors: u64| Outcome {
+            ok,
+            lost: 0,
+            lost_hist: histogram(),
+            errors,
+            first_error: None,
+            elapsed: Duration::from_secs(1),
+            hist: histogram(),
+            client_cpu: 0.0,
+            server_cpu: 0.0,
+            machine: MachineTicks::default(),
+        };
+        let mut p = Pairs::default();
+        assert_eq!(p.median_ratio(), 0.0);
+        // 50%, 90%, 60%: the median is 60% whatever the order.
+        for (ok, base, errors) in [(500, 1000, 0), (1800, 2000, 2), (600, 1000, 0)] {
+            p.push(run(ok, errors), run(base, 7));
+        }
+        assert_eq!(p.ratios(), vec![0.5, 0.9, 0.6]);
+        assert_eq!(p.median_ratio(), 0.6);
+        assert_eq!(p.errors(), 2);
+        // A baseline that answered nothing gives 0, not a division by zero.
+        p.push(run(10, 0), run(0, 0));
+        assert_eq!(p.ratios()[3], 0.0);
+        assert_eq!(p.median_ratio(), 0.6);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tonic::{transport::Channel, Request};
 use crate::{
     baseline::{self, Mode},
     keys, lists,
-    load::{self, Outcome, Repeated},
+    load::{self, Outcome, Pairs, Repeated},
     procs::{self, Backend, Proc, Up},
     report::Report,
     world::{self, authed, refusal, Tenant, World},
@@ -87,33 +87,51 @@ fn pct(a: f64, b: f64) -> String {
     format!("{a:.0}/s vs {b:.0}/s = {:.0}%", ratio(a, b) * 100.0)
 }
 
-/// A throughput goal: `run` must reach `min` (a fraction) of `base`'s
-/// requests per second, with no errors. When the hypervisor stole a
-/// different share of the machine during the two runs, the report says so:
-/// the ratio then measures the machine as much as Sovra.
+/// A throughput goal: the runs must reach `min` (a fraction) of their
+/// baselines' requests per second, read at the median of the pairs' ratios,
+/// with no errors. When the hypervisor stole a different share of the
+/// machine during a run and its baseline, the report says so: that ratio
+/// then measures the machine as much as Sovra.
 fn throughput_figure(
     report: &mut Report,
     (number, label): (&'static str, &str),
     what: &str,
-    run: &Outcome,
-    base: &Outcome,
+    pairs: &Pairs,
     min: f64,
 ) {
-    let (steal, base_steal) = (run.machine.shares().1, base.machine.shares().1);
-    if (steal - base_steal).abs() > STEAL_APART {
-        report.notes.push(format!(
-            "{label}: figure {number} ran with {:.0}% of the machine stolen by the hypervisor, its baseline with {:.0}%: re-run it before reading its ratio.",
-            steal * 100.0,
-            base_steal * 100.0
-        ));
+    for (i, (run, base)) in pairs.iter().enumerate() {
+        let (steal, base_steal) = (run.machine.shares().1, base.machine.shares().1);
+        if (steal - base_steal).abs() > STEAL_APART {
+            report.notes.push(format!(
+                "{label}: figure {number}{} ran with {:.0}% of the machine stolen by the hypervisor, its baseline with {:.0}%: that pair's ratio measures the machine too.",
+                match pairs.len() {
+                    1 => String::new(),
+                    n => format!(" (pair {} of {n})", i + 1),
+                },
+                steal * 100.0,
+                base_steal * 100.0
+            ));
+        }
     }
+    let each: Vec<String> = pairs
+        .iter()
+        .map(|(run, base)| pct(run.throughput(), base.throughput()))
+        .collect();
+    let measured = match pairs.len() {
+        1 => each.join(""),
+        n => format!(
+            "median {:.0}% of {n} pairs ({})",
+            pairs.median_ratio() * 100.0,
+            each.join("; ")
+        ),
+    };
     report.figure(
         number,
         label,
         what,
-        pct(run.throughput(), base.throughput()),
+        measured,
         format!("≥ {:.0}%", min * 100.0),
-        Some(ratio(run.throughput(), base.throughput()) >= min && run.errors == 0),
+        Some(pairs.len() > 0 && pairs.median_ratio() >= min && pairs.errors() == 0),
     );
 }
 
@@ -305,10 +323,13 @@ async fn on_backend(
     b.fresh(&names).await?;
 
     // B1 and B2.
-    let b1 = procs::baseline(Mode::Insert, &b.url("b1"))?;
-    let ch = procs::plain(b1.addr, n).await?;
-    let b1_max = report.run("B1 insert, max rate", label, base_load(max, &b1, &ch).await);
-    drop(b1);
+    let proc = procs::baseline(Mode::Insert, &b.url("b1"))?;
+    let b1 = B1 {
+        ch: procs::plain(proc.addr, n).await?,
+        proc,
+        last: Mutex::new(0.0),
+    };
+    b1.run(report, label, "", max).await;
     let b2 = procs::baseline(Mode::Select, &b.url("b2"))?;
     let ch = procs::plain(b2.addr, n).await?;
     report.run("B2 select, max rate", label, base_load(max, &b2, &ch).await);
@@ -366,10 +387,10 @@ async fn on_backend(
         figure_2(&scene, report, delegated).await?;
     }
     if args.wants("4") {
-        figure_4(&scene, report, &b1_max).await?;
+        figure_4(&scene, report, &b1).await?;
     }
     if args.wants("3") {
-        figure_3(&scene, report, &b1_max).await?;
+        figure_3(&scene, report, &b1).await?;
     }
     if args.wants("5") {
         figure_5(&scene, report, &relationships_db, &b2_lat).await?;
@@ -377,6 +398,7 @@ async fn on_backend(
     drop(ch);
     drop(ch0);
     drop(up);
+    drop(b1);
     b.drop_all(&names).await;
     Ok(own)
 }
@@ -426,8 +448,7 @@ async fn figure_1(s: &Scene<'_>, report: &mut Report, b0: &B0) -> (Outcome, f64)
         report,
         ("1a", label),
         "CheckAccess throughput vs B0",
-        &own,
-        &b0.max,
+        &Pairs::one(own.clone(), b0.max.clone()),
         0.5,
     );
     let (b0_p99, own_p99) = (b0_half.median().ms(0.99), own_half.median().ms(0.99));
@@ -600,118 +621,169 @@ async fn churn(
     Ok(())
 }
 
+/// B1, kept running on its backend while the write figures (3a, 4, 4b)
+/// alternate with it: each of their runs follows a B1 run of its own, and
+/// the figure reads the median of the pairs' ratios (see [`Pairs`]).
+struct B1 {
+    proc: Proc,
+    ch: Vec<Channel>,
+    /// The latest max-rate run.
+    last: Mutex<f64>,
+}
+
+impl B1 {
+    /// A max-rate run, reported as `B1 insert, max rate{tag}`.
+    async fn run(&self, report: &mut Report, label: &str, tag: &str, spec: load::Spec) -> Outcome {
+        let o = base_load(spec, &self.proc, &self.ch).await;
+        if let Ok(mut last) = self.last.lock() {
+            *last = o.throughput();
+        }
+        report.run(&format!("B1 insert, max rate{tag}"), label, o)
+    }
+
+    /// The latest max-rate run's requests per second.
+    fn last(&self) -> f64 {
+        self.last.lock().map(|l| *l).unwrap_or(0.0)
+    }
+}
+
 /// Figure 4: purchase-offer creation, then redemption of those offers by
-/// existing customers, each against B1.
-async fn figure_4(s: &Scene<'_>, report: &mut Report, b1: &Outcome) -> anyhow::Result<()> {
+/// existing customers, each in pairs with B1.
+async fn figure_4(s: &Scene<'_>, report: &mut Report, b1: &B1) -> anyhow::Result<()> {
     let Scene {
-        args,
-        label,
-        up,
-        ch,
-        ch0,
-        operator,
-        w,
+        args, label, up, ch, ..
     } = *s;
     let max = args.spec(None);
     let codes = Arc::new(Mutex::new(Vec::new()));
-    let (agent, partner, kept) = (w.agent.clone(), w.partner.clone(), codes.clone());
-    let offers = report.run(
-        "CreatePurchaseOffer, max rate",
-        label,
-        load::run(max, ch, up.pid(), move |ch, n| {
-            let req = authed(
-                &agent,
-                com::CreatePurchaseOfferRequest {
-                    request_id: format!("offer-{n}-{}", uuid::Uuid::new_v4()),
-                    partner_tenant_id: partner.clone(),
-                    lines: vec![com::OfferLine {
-                        product_id: "office-business".into(),
-                        license_count: 10,
-                    }],
-                    include_delegated_admin: false,
-                },
-            );
-            let kept = kept.clone();
-            async move {
-                let offer = com::purchase_offer_service_client::PurchaseOfferServiceClient::new(ch)
-                    .create_purchase_offer(req)
-                    .await
-                    .map_err(refusal)?
-                    .into_inner()
-                    .offer
-                    .ok_or("no offer in the answer")?;
-                kept.lock().map_err(|_| "poisoned")?.push(offer.code);
-                Ok(())
-            }
-        })
-        .await,
-    );
+    let mut offers = Pairs::default();
+    for r in 1..=args.repeats {
+        let tag = args.run_tag(r);
+        let base = b1.run(report, label, &tag, max).await;
+        let run = report.run(
+            &format!("CreatePurchaseOffer, max rate{tag}"),
+            label,
+            create_offers(s, codes.clone()).await,
+        );
+        offers.push(run, base);
+    }
     throughput_figure(
         report,
         ("4", label),
         "CreatePurchaseOffer throughput vs B1",
         &offers,
-        b1,
         0.5,
     );
 
-    // Each offer is redeemed once by each of these customers.
-    const REDEEMERS: usize = 16;
+    // Each offer is redeemed once by each of these customers, the runs
+    // taking the offers in turn.
     let mut customers = Vec::with_capacity(REDEEMERS);
     for _ in 0..REDEEMERS {
-        customers.push(world::customer(ch0, operator).await?);
+        customers.push(world::customer(s.ch0, s.operator).await?);
     }
     let codes: Vec<String> =
         std::mem::take(&mut *codes.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let (codes, customers) = (Arc::new(codes), Arc::new(customers));
-    let redeemed = report.run(
-        "RedeemPurchaseOffer (existing customer), max rate",
-        label,
-        load::run(max, ch, up.pid(), move |ch, n| {
-            let (codes, customers) = (codes.clone(), customers.clone());
-            async move {
-                let c = &customers[n as usize % REDEEMERS];
-                let code = codes
-                    .get(n as usize / REDEEMERS)
-                    .ok_or_else(|| format!("ran out of offers ({} × {REDEEMERS})", codes.len()))?;
-                let r = com::purchase_offer_service_client::PurchaseOfferServiceClient::new(ch)
-                    .redeem_purchase_offer(authed(
-                        &c.admin,
-                        com::RedeemPurchaseOfferRequest {
-                            request_id: uuid::Uuid::new_v4().to_string(),
-                            code: code.clone(),
-                            customer: Some(com::CustomerChoice {
-                                customer: Some(com::customer_choice::Customer::CustomerTenantId(
-                                    c.id.clone(),
-                                )),
-                            }),
-                            ..Default::default()
-                        },
-                    ))
-                    .await
-                    .map_err(refusal)?
-                    .into_inner();
-                match r.redemption {
-                    Some(x) if x.subscriptions.len() == 1 => Ok(()),
-                    other => Err(format!("unexpected redemption {other:?}")),
-                }
-            }
-        })
-        .await,
-    );
+    let next = Arc::new(AtomicU64::new(0));
+    let mut redeemed = Pairs::default();
+    for r in 1..=args.repeats {
+        let tag = args.run_tag(r);
+        let base = b1.run(report, label, &tag, max).await;
+        let (codes, customers, next) = (codes.clone(), customers.clone(), next.clone());
+        let run = report.run(
+            &format!("RedeemPurchaseOffer (existing customer), max rate{tag}"),
+            label,
+            load::run(max, ch, up.pid(), move |ch, _| {
+                let (codes, customers) = (codes.clone(), customers.clone());
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                async move { redeem_offer(ch, &codes, &customers, i).await }
+            })
+            .await,
+        );
+        redeemed.push(run, base);
+    }
     throughput_figure(
         report,
         ("4b", label),
         "Link redemption (purchase offer, existing customer) vs B1",
         &redeemed,
-        b1,
         0.5,
     );
     Ok(())
 }
 
-/// Figure 3: product keys, distinct and contended.
-async fn figure_3(s: &Scene<'_>, report: &mut Report, b1: &Outcome) -> anyhow::Result<()> {
+/// Figure 4b's customers: each offer is redeemed once by each.
+const REDEEMERS: usize = 16;
+
+/// A max-rate run of CreatePurchaseOffer by the world's agent; the offers'
+/// codes go to `kept`.
+async fn create_offers(s: &Scene<'_>, kept: Arc<Mutex<Vec<String>>>) -> Outcome {
+    let (agent, partner) = (s.w.agent.clone(), s.w.partner.clone());
+    load::run(s.args.spec(None), s.ch, s.up.pid(), move |ch, n| {
+        let req = authed(
+            &agent,
+            com::CreatePurchaseOfferRequest {
+                request_id: format!("offer-{n}-{}", uuid::Uuid::new_v4()),
+                partner_tenant_id: partner.clone(),
+                lines: vec![com::OfferLine {
+                    product_id: "office-business".into(),
+                    license_count: 10,
+                }],
+                include_delegated_admin: false,
+            },
+        );
+        let kept = kept.clone();
+        async move {
+            let offer = com::purchase_offer_service_client::PurchaseOfferServiceClient::new(ch)
+                .create_purchase_offer(req)
+                .await
+                .map_err(refusal)?
+                .into_inner()
+                .offer
+                .ok_or("no offer in the answer")?;
+            kept.lock().map_err(|_| "poisoned")?.push(offer.code);
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// The `i`th redemption of figure 4b: offer `i / REDEEMERS` by customer
+/// `i % REDEEMERS`.
+async fn redeem_offer(
+    ch: Channel,
+    codes: &[String],
+    customers: &[Tenant],
+    i: usize,
+) -> Result<(), String> {
+    let c = &customers[i % REDEEMERS];
+    let code = codes
+        .get(i / REDEEMERS)
+        .ok_or_else(|| format!("ran out of offers ({} × {REDEEMERS})", codes.len()))?;
+    let r = com::purchase_offer_service_client::PurchaseOfferServiceClient::new(ch)
+        .redeem_purchase_offer(authed(
+            &c.admin,
+            com::RedeemPurchaseOfferRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                code: code.clone(),
+                customer: Some(com::CustomerChoice {
+                    customer: Some(com::customer_choice::Customer::CustomerTenantId(
+                        c.id.clone(),
+                    )),
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map_err(refusal)?
+        .into_inner();
+    match r.redemption {
+        Some(x) if x.subscriptions.len() == 1 => Ok(()),
+        other => Err(format!("unexpected redemption {other:?}")),
+    }
+}
+
+/// Figure 3: product keys, distinct (in pairs with B1) and contended.
+async fn figure_3(s: &Scene<'_>, report: &mut Report, b1: &B1) -> anyhow::Result<()> {
     let Scene {
         args,
         label,
@@ -722,20 +794,25 @@ async fn figure_3(s: &Scene<'_>, report: &mut Report, b1: &Outcome) -> anyhow::R
         w,
     } = *s;
     let max = args.spec(None);
-    // Enough distinct keys for the run at well above B1's rate.
-    let needed = (b1.throughput() * (max.warmup + max.duration).as_secs_f64() * 1.5) as usize;
-    let fresh = keys::import(ch0, operator, needed.clamp(1000, 200_000)).await?;
-    let distinct = report.run(
-        "RedeemProductKey, distinct keys, max rate",
-        label,
-        keys::distinct(max, ch, up.pid(), w, fresh).await,
-    );
+    let mut distinct = Pairs::default();
+    for r in 1..=args.repeats {
+        let tag = args.run_tag(r);
+        // Enough distinct keys for the run at well above B1's latest rate.
+        let needed = (b1.last() * (max.warmup + max.duration).as_secs_f64() * 1.5) as usize;
+        let fresh = keys::import(ch0, operator, needed.clamp(1000, 200_000)).await?;
+        let base = b1.run(report, label, &tag, max).await;
+        let run = report.run(
+            &format!("RedeemProductKey, distinct keys, max rate{tag}"),
+            label,
+            keys::distinct(max, ch, up.pid(), w, fresh).await,
+        );
+        distinct.push(run, base);
+    }
     throughput_figure(
         report,
         ("3a", label),
         "Product-key redemption on distinct keys vs B1",
         &distinct,
-        b1,
         0.7,
     );
 
@@ -948,8 +1025,7 @@ async fn over_mtls(
         report,
         ("6", "SQLite"),
         "CheckAccess over mTLS (persistent connections) vs plaintext",
-        &tls_max,
-        plain_own,
+        &Pairs::one(tls_max.clone(), plain_own.clone()),
         0.85,
     );
     report.figure(
