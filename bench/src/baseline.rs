@@ -5,14 +5,16 @@
 //! - B1 `insert`: a one-row INSERT transaction through sqlx;
 //! - B2 `select`: a one-row primary-key SELECT through sqlx;
 //!
-//! over the same pool settings and durability as Sovra's (`Db::connect`:
-//! SQLite WAL with synchronous=FULL; PostgreSQL with synchronous_commit on,
-//! its default).
+//! over sqlx's own pool as it comes (not Sovra's `sovra_runtime::pool`),
+//! with Sovra's pool sizes and durability (`Db::connect`: SQLite WAL with
+//! synchronous=FULL and one writing connection; PostgreSQL with
+//! synchronous_commit on, its default).
 
 use std::net::SocketAddr;
 
 use sovra_proto::identity::v1 as pb;
 use sovra_runtime::db::{Db, Migration};
+use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 use tonic::{Request, Response, Status};
 
 /// Rows B2 selects from.
@@ -28,7 +30,8 @@ pub enum Mode {
 #[derive(Clone)]
 struct Baseline {
     mode: Mode,
-    db: Option<Db>,
+    /// sqlx's pool over the baseline's database (B1 and B2).
+    db: Option<AnyPool>,
 }
 
 fn answer() -> pb::CheckAccessResponse {
@@ -53,7 +56,7 @@ impl pb::access_service_server::AccessService for Baseline {
         match (self.mode, &self.db) {
             (Mode::Echo, _) => {}
             (Mode::Insert, Some(db)) => {
-                let mut tx = db.write().begin().await.map_err(internal)?;
+                let mut tx = db.begin().await.map_err(internal)?;
                 sqlx::query("INSERT INTO bench_rows (id, payload, created_at) VALUES ($1, $2, $3)")
                     .bind(uuid::Uuid::now_v7().to_string())
                     .bind(&r.user_id)
@@ -67,7 +70,7 @@ impl pb::access_service_server::AccessService for Baseline {
                 let found: Option<(String,)> =
                     sqlx::query_as("SELECT payload FROM bench_rows WHERE id = $1")
                         .bind(&r.tenant_id)
-                        .fetch_optional(db.read())
+                        .fetch_optional(db)
                         .await
                         .map_err(internal)?;
                 if found.is_none() {
@@ -112,7 +115,7 @@ pub async fn serve(listen: SocketAddr, mode: Mode, database: &str) -> anyhow::Re
             sqlx::query("DELETE FROM bench_rows")
                 .execute(db.write())
                 .await?;
-            let mut tx = db.write().begin().await?;
+            let mut tx = db.begin().await?;
             for n in 0..SEEDED {
                 sqlx::query("INSERT INTO bench_rows (id, payload, created_at) VALUES ($1, $2, 0)")
                     .bind(seeded_id(n))
@@ -121,7 +124,14 @@ pub async fn serve(listen: SocketAddr, mode: Mode, database: &str) -> anyhow::Re
                     .await?;
             }
             tx.commit().await?;
-            Some(db)
+            db.close().await;
+            // Sovra's pool sizes: SQLite writes through one connection.
+            let sqlite = database.starts_with("sqlite:");
+            let max = match (mode, sqlite) {
+                (Mode::Insert, true) => 1,
+                _ => 8,
+            };
+            Some(sqlx_pool(database, sqlite, max).await?)
         }
     };
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -133,4 +143,25 @@ pub async fn serve(listen: SocketAddr, mode: Mode, database: &str) -> anyhow::Re
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await?;
     Ok(())
+}
+
+/// sqlx's pool over `database` with `max` connections and Sovra's
+/// durability: on SQLite WAL with synchronous=FULL, on PostgreSQL its
+/// default synchronous_commit (on).
+async fn sqlx_pool(database: &str, sqlite: bool, max: u32) -> anyhow::Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(max)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    conn.execute(
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;",
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(database)
+        .await?)
 }

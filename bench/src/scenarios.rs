@@ -651,7 +651,11 @@ impl B1 {
 /// existing customers, each in pairs with B1.
 async fn figure_4(s: &Scene<'_>, report: &mut Report, b1: &B1) -> anyhow::Result<()> {
     let Scene {
-        args, label, up, ch, ..
+        args,
+        label,
+        up,
+        ch,
+        ..
     } = *s;
     let max = args.spec(None);
     let codes = Arc::new(Mutex::new(Vec::new()));

@@ -8,15 +8,19 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{any::AnyPoolOptions, AnyConnection, AnyPool, Connection, Executor};
+use sqlx::{any::AnyPoolOptions, AnyConnection, Connection, Executor};
 
 use crate::{
     error::Error,
     group_commit::{GroupTx, Writer},
+    pool::{Conn, Pool},
 };
 
 /// A pooled connection idle this long is pinged before it is handed out.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// How long a caller waits for a connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A write transaction: `&mut *tx` is its connection; dropped without
 /// `commit` it rolls back. On SQLite it is a savepoint in a shared group
@@ -26,7 +30,7 @@ pub struct Tx(TxKind);
 
 #[derive(Debug)]
 enum TxKind {
-    Plain(sqlx::Transaction<'static, sqlx::Any>),
+    Plain(Conn),
     Grouped(GroupTx),
 }
 
@@ -34,7 +38,7 @@ impl Tx {
     /// Commits; `Ok` means the writes are durable.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self.0 {
-            TxKind::Plain(tx) => tx.commit().await,
+            TxKind::Plain(conn) => conn.commit().await,
             TxKind::Grouped(tx) => tx.commit().await,
         }
     }
@@ -42,7 +46,7 @@ impl Tx {
     pub fn backend(&self) -> Backend {
         match &self.0 {
             TxKind::Grouped(_) => Backend::Sqlite,
-            TxKind::Plain(tx) if tx.backend_name() == POSTGRES => Backend::Postgres,
+            TxKind::Plain(conn) if conn.backend_name() == POSTGRES => Backend::Postgres,
             TxKind::Plain(_) => Backend::Sqlite,
         }
     }
@@ -98,11 +102,11 @@ const RUNTIME_MIGRATIONS: &[Migration] = &[Migration {
 /// on PostgreSQL both pools are the same pool.
 #[derive(Debug, Clone)]
 pub struct Db {
-    read: AnyPool,
-    write: AnyPool,
+    read: Pool,
+    write: Pool,
     /// PostgreSQL only: connections whose commits don't wait for the WAL
     /// flush (see [`Db::write_unflushed`]).
-    unflushed: Option<AnyPool>,
+    unflushed: Option<Pool>,
     writer: Option<Arc<Writer>>,
     backend: Backend,
 }
@@ -153,7 +157,7 @@ impl Db {
         // flush (PostgreSQL's `synchronous_commit = off`).
         let options = |flush: bool| {
             AnyPoolOptions::new()
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 // sqlx pings every connection it hands out by default: a
                 // round trip per acquire, a third of a short transaction's.
                 // Only a connection idle for a while is pinged (a dead one
@@ -196,9 +200,9 @@ impl Db {
                     .await
                     .map_err(connect_err)?;
                 Ok(Db {
-                    read,
+                    read: Pool::parking(read, max_connections.max(1) as usize, ACQUIRE_TIMEOUT),
                     writer: Some(Writer::start(write.clone())),
-                    write,
+                    write: Pool::sqlx(write),
                     unflushed: None,
                     backend,
                 })
@@ -216,10 +220,12 @@ impl Db {
                     .min_connections(0)
                     .connect_lazy(url)
                     .map_err(connect_err)?;
+                let max = max_connections.max(1) as usize;
+                let pool = Pool::parking(pool, max, ACQUIRE_TIMEOUT);
                 Ok(Db {
                     read: pool.clone(),
                     write: pool,
-                    unflushed: Some(unflushed),
+                    unflushed: Some(Pool::parking(unflushed, max, ACQUIRE_TIMEOUT)),
                     writer: None,
                     backend,
                 })
@@ -371,13 +377,13 @@ impl Db {
             ));
         }
         for (pool, p) in pools {
-            let (size, idle) = (p.size() as f64, p.num_idle() as f64);
+            let (size, in_use) = (p.open() as f64, p.in_use() as f64);
             let l = [("service", service), ("pool", pool)];
             out.push(Gauge::new(
                 "sovra_db_pool_connections_in_use",
                 "Database connections checked out, by service and pool",
                 &l,
-                size - idle,
+                in_use,
             ));
             out.push(Gauge::new(
                 "sovra_db_pool_connections_open",
@@ -395,12 +401,12 @@ impl Db {
     }
 
     /// The pool for reads.
-    pub fn read(&self) -> &AnyPool {
+    pub fn read(&self) -> &Pool {
         &self.read
     }
 
     /// The pool for single-statement writes outside a transaction.
-    pub fn write(&self) -> &AnyPool {
+    pub fn write(&self) -> &Pool {
         &self.write
     }
 
@@ -412,7 +418,7 @@ impl Db {
     /// one durable too. The feed sequencer's pass is such a commit (see
     /// commerce's `feed_durable`). SQLite's commits always flush (its group
     /// commit shares the fsync instead): there this is [`Db::write`].
-    pub fn write_unflushed(&self) -> &AnyPool {
+    pub fn write_unflushed(&self) -> &Pool {
         self.unflushed.as_ref().unwrap_or(&self.write)
     }
 
@@ -424,7 +430,11 @@ impl Db {
     pub(crate) async fn begin_tx(&self) -> Result<Tx, sqlx::Error> {
         Ok(Tx(match &self.writer {
             Some(w) => TxKind::Grouped(w.begin().await?),
-            None => TxKind::Plain(self.write.begin().await?),
+            None => {
+                let mut conn = self.write.acquire().await?;
+                conn.begin().await?;
+                TxKind::Plain(conn)
+            }
         }))
     }
 

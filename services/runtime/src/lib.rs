@@ -19,6 +19,7 @@ pub mod links;
 pub mod metrics;
 pub mod paging;
 pub mod peers;
+pub mod pool;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;

@@ -221,7 +221,7 @@ impl Writes {
         self.commit_on(db, db.write_unflushed()).await
     }
 
-    async fn commit_on(self, db: &Db, pool: &sqlx::AnyPool) -> Result<bool, sqlx::Error> {
+    async fn commit_on(self, db: &Db, pool: &crate::pool::Pool) -> Result<bool, sqlx::Error> {
         let alone = self.items.iter().any(|i| matches!(i, Item::Alone(_)));
         if db.backend() == Backend::Postgres && !alone {
             return match self.fold().0 {

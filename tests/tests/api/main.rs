@@ -12,6 +12,7 @@ mod delegated;
 mod instances;
 mod journey;
 mod links;
+mod pool;
 mod product_keys;
 mod prometheus;
 mod tenants;

@@ -169,7 +169,7 @@ async fn unflushed_commits_write_like_commits_and_only_they_skip_the_flush(backe
     if backend == Backend::Postgres {
         // Only the unflushed pool's commits skip the WAL flush; a commit
         // acknowledged on its own (every other pool) waits for it.
-        let setting = |pool: &sqlx::AnyPool| {
+        let setting = |pool: &sovra_runtime::pool::Pool| {
             let pool = pool.clone();
             async move {
                 let (v,): (String,) = sqlx::query_as("SHOW synchronous_commit")

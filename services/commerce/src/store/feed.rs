@@ -8,13 +8,13 @@
 //! relies on.
 
 use sovra_proto::commerce::v1 as pb;
+use sovra_runtime::pool::Pool;
 use sovra_runtime::{
     clock::Millis,
     db::{Backend, Db, Tx},
     writes::{Insert, Writes},
     Error,
 };
-use sqlx::AnyPool;
 
 use super::{corrupt, decode, encode};
 use crate::domain::states::NotificationKind;
@@ -103,7 +103,7 @@ pub fn add(w: &mut Writes, numbering: Numbering, e: Entry<'_>) {
 }
 
 /// Whether any notification waits for its sequence.
-pub async fn any_waiting(pool: &AnyPool) -> Result<bool, Error> {
+pub async fn any_waiting(pool: &Pool) -> Result<bool, Error> {
     let row: Option<(String,)> = sqlx::query_as("SELECT id FROM notification_outbox LIMIT 1")
         .fetch_optional(pool)
         .await?;
@@ -207,7 +207,7 @@ const NUMBER: &str = "last AS (SELECT p.partner_tenant_id, \
 
 /// Up to `limit` of `partner`'s notifications after `after`, oldest first.
 pub async fn after(
-    pool: &AnyPool,
+    pool: &Pool,
     partner: &str,
     after: i64,
     limit: i64,

@@ -1,13 +1,14 @@
 //! `commerce_links` (trial invitations and purchase offers) and
 //! `redemptions` (one per link and customer).
 
+use sovra_runtime::pool::Pool;
 use sovra_runtime::{
     clock::Millis,
     db::Tx,
     writes::{Insert, Value, Writes},
     Error,
 };
-use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row};
+use sqlx::{any::AnyRow, Any, Executor, Row};
 
 use super::corrupt;
 use crate::domain::states::LinkKind;
@@ -153,7 +154,7 @@ async fn get_one<'e, E: Executor<'e, Database = Any>>(
 
 /// A partner's links of one kind, newest first, after the keyset position.
 pub async fn page(
-    pool: &AnyPool,
+    pool: &Pool,
     partner: &str,
     kind: LinkKind,
     before: Option<(Millis, String)>,

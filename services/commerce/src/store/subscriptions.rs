@@ -1,7 +1,8 @@
 //! The `subscriptions` table.
 
+use sovra_runtime::pool::Pool;
 use sovra_runtime::{clock::Millis, db::Tx, writes::Insert, Error};
-use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row};
+use sqlx::{any::AnyRow, Any, Executor, Row};
 
 use super::corrupt;
 use crate::domain::states::{Source, SubscriptionState};
@@ -132,7 +133,7 @@ pub async fn trial_of<'e, E: Executor<'e, Database = Any>>(
 
 /// A customer's subscriptions in id order (ids are time-ordered), after `after`.
 pub async fn page(
-    pool: &AnyPool,
+    pool: &Pool,
     customer: &str,
     after: &str,
     limit: i64,
@@ -150,11 +151,7 @@ pub async fn page(
 }
 
 /// Trials whose end has passed.
-pub async fn trials_due(
-    pool: &AnyPool,
-    now: Millis,
-    limit: i64,
-) -> Result<Vec<Subscription>, Error> {
+pub async fn trials_due(pool: &Pool, now: Millis, limit: i64) -> Result<Vec<Subscription>, Error> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM subscriptions WHERE state = 'TRIAL' AND end_at <= $1 \
          ORDER BY end_at LIMIT $2"

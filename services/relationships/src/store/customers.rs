@@ -1,8 +1,9 @@
 //! The `partner_customers` table: one row per partner and customer with the
 //! relationships between them, and the paged, searchable customer list.
 
+use sovra_runtime::pool::Pool;
 use sovra_runtime::{clock::Millis, db::Tx, Error};
-use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row};
+use sqlx::{any::AnyRow, Any, Executor, Row};
 
 use super::corrupt;
 use crate::domain::{
@@ -199,7 +200,7 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
 }
 
 /// Every partner of a customer with a current relationship (a customer has few).
-pub async fn partners_of(pool: &AnyPool, customer: &str) -> Result<Vec<CustomerRow>, Error> {
+pub async fn partners_of(pool: &Pool, customer: &str) -> Result<Vec<CustomerRow>, Error> {
     let q = format!(
         "SELECT {COLUMNS} FROM partner_customers WHERE customer_tenant_id = $1 AND {ANY_RELATIONSHIP} \
          ORDER BY partner_tenant_id LIMIT 1000"
@@ -232,7 +233,7 @@ enum Branch {
 
 /// One page of a partner's customers: two index range scans (by name key,
 /// and by domain key for customers whose name does not match) merged.
-pub async fn page(pool: &AnyPool, q: &CustomerQuery<'_>) -> Result<Page<CustomerRow>, Error> {
+pub async fn page(pool: &Pool, q: &CustomerQuery<'_>) -> Result<Page<CustomerRow>, Error> {
     let all = q.query.trim().is_empty();
     let range = if all {
         KeyRange::all()
@@ -255,7 +256,7 @@ pub async fn page(pool: &AnyPool, q: &CustomerQuery<'_>) -> Result<Page<Customer
 }
 
 async fn branch(
-    pool: &AnyPool,
+    pool: &Pool,
     b: Branch,
     range: &KeyRange,
     q: &CustomerQuery<'_>,
