@@ -1084,6 +1084,9 @@ fn docs_tail() -> String {
        2: read-only and with grant changes) run `--repeats` times, taking\n\
        turns, and are read at the median p99: the client and the server share\n\
        two cores, so a single run's p99 moves by milliseconds.\n\
+     - The write figures (3a, 4, 4b) run `--repeats` times too, each run right\n\
+       after a B1 run of its own (B1 stays up), and are read at the median of\n\
+       the pairs' ratios: B1 moved twofold within an hour on a shared machine.\n\
      - Latencies go into HDR histograms (1 µs – 60 s, 3 significant digits);\n\
        the tables give p50, p99 and p99.9. Expected refusals (product-key\n\
        contenders that lost) are timed in a histogram of their own.\n\
@@ -1096,11 +1099,12 @@ fn docs_tail() -> String {
        from 0% to 35% within minutes on the shared machine this was tuned\n\
        on, and B1 with it (twofold). A throughput figure whose run and\n\
        baseline ran with steal more than 10 points apart is flagged in the\n\
-       notes: re-run it before reading its ratio.\n\
+       notes (per pair): that ratio measures the machine too.\n\
      - Baselines run as processes of their own, answering identity's\n\
        `CheckAccess` (the same message sizes): B0 answers at once, B1 commits a\n\
-       one-row INSERT, B2 reads one row by primary key, both through sqlx with\n\
-       Sovra's own pool settings and durability, on each backend.\n\
+       one-row INSERT, B2 reads one row by primary key, both through sqlx's\n\
+       own pool (not Sovra's, which parks connections without sqlx's ping on\n\
+       release) with Sovra's pool sizes and durability, on each backend.\n\
      - Sovra runs as `sovra up` (all three services in one process, calling\n\
        each other in-process), on SQLite\n\
        files or on three fresh PostgreSQL databases (`--database-url`),\n\
