@@ -92,7 +92,7 @@ impl Report {
              Every figure is a ratio against a baseline measured in the same run on\n\
              the same machine, so a noisy or slower machine moves both sides.\n\n\
              - Machine: {machine}\n- Run: {args}\n\
-             - Durability: SQLite WAL with `synchronous=FULL` (Sovra's `Db::connect`, used by the\n  baselines too); PostgreSQL with `synchronous_commit=on` (its default).\n"
+             - Durability: SQLite WAL with `synchronous=FULL` (Sovra's `Db::connect`; the\n  baselines' sqlx pools set the same); PostgreSQL with `synchronous_commit=on` (its default).\n"
         );
         let _ = writeln!(out, "## Goals\n");
         let _ = writeln!(
