@@ -574,3 +574,74 @@ async fn china_has_no_product_keys(backend: Backend) {
     assert!(products.iter().all(|p| p.id != "dynamics-sales"));
 }
 backend_test!(china_has_no_product_keys);
+
+/// A key imported for a product that this instance no longer sells (the
+/// catalog changed after the import) is refused as PRODUCT_WITHDRAWN and
+/// stays unredeemed; with the product back, it redeems.
+async fn a_key_for_a_withdrawn_product_is_refused_and_writes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let with_product = settings("global", &db);
+    let app = TestApp::start(
+        &with_product,
+        Arc::new(sovra_runtime::auth::Keyring::generate()),
+    )
+    .await
+    .unwrap();
+    let key = app.import_keys("dynamics-sales", 5, 1).await.remove(0);
+    app.stop().await;
+
+    // The same databases, with dynamics-sales gone from the catalog.
+    let mut without = settings("global", &db);
+    without
+        .commerce
+        .catalog
+        .retain(|p| p.id != "dynamics-sales");
+    let app = TestApp::start(&without, Arc::new(sovra_runtime::auth::Keyring::generate()))
+        .await
+        .unwrap();
+    let partner = app.partner("Contoso", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let customer = app.tenant(TenantKind::Customer, "Fabrikam").await;
+    let s = expect_code(
+        app.keys()
+            .redeem_product_key(req(&agent, redeem(&partner, &customer, &key, "w-1")))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(
+        s.get_details_error_info().unwrap().reason,
+        "PRODUCT_WITHDRAWN"
+    );
+    assert!(
+        s.message().contains("dynamics-sales") && s.message().contains("no longer sold"),
+        "{}",
+        s.message()
+    );
+    assert_eq!(
+        app.com_count("SELECT COUNT(*) FROM product_keys WHERE redeemed_by IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(app.com_count("SELECT COUNT(*) FROM subscriptions").await, 0);
+    app.stop().await;
+
+    // Sold again: the same key redeems.
+    let app = TestApp::start(
+        &with_product,
+        Arc::new(sovra_runtime::auth::Keyring::generate()),
+    )
+    .await
+    .unwrap();
+    let partner = app.partner("Contoso Again", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let customer = app.tenant(TenantKind::Customer, "Fabrikam Again").await;
+    let r = app
+        .keys()
+        .redeem_product_key(req(&agent, redeem(&partner, &customer, &key, "w-2")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.subscription.unwrap().product_id, "dynamics-sales");
+    app.stop().await;
+}
+backend_test!(a_key_for_a_withdrawn_product_is_refused_and_writes_nothing);
