@@ -16,8 +16,8 @@ use crate::{
     pool::{Conn, Pool},
 };
 
-/// A pooled connection idle this long is pinged before it is handed out.
-const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// A connection idle this long is pinged before it is handed out.
+pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// How long a caller waits for a connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -32,9 +32,9 @@ use sqlx::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A parked connection idle this long is pinged before it is handed out
-/// (a dead one is then replaced); a busy one is known to be alive.
-const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+// A parked connection idle this long is pinged before it is handed out (a
+// dead one is then replaced); a busy one is known to be alive.
+use crate::db::PING_AFTER_IDLE;
 
 /// A pool of connections; `&Pool` runs queries like `&AnyPool`.
 #[derive(Clone)]

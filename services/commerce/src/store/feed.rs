@@ -8,10 +8,10 @@
 //! relies on.
 
 use sovra_proto::commerce::v1 as pb;
-use sovra_runtime::pool::Pool;
 use sovra_runtime::{
     clock::Millis,
     db::{Backend, Db, Tx},
+    pool::Pool,
     writes::{Insert, Writes},
     Error,
 };

@@ -1,10 +1,10 @@
 //! `commerce_links` (trial invitations and purchase offers) and
 //! `redemptions` (one per link and customer).
 
-use sovra_runtime::pool::Pool;
 use sovra_runtime::{
     clock::Millis,
     db::Tx,
+    pool::Pool,
     writes::{Insert, Value, Writes},
     Error,
 };

@@ -1,7 +1,6 @@
 //! The `subscriptions` table.
 
-use sovra_runtime::pool::Pool;
-use sovra_runtime::{clock::Millis, db::Tx, writes::Insert, Error};
+use sovra_runtime::{clock::Millis, db::Tx, pool::Pool, writes::Insert, Error};
 use sqlx::{any::AnyRow, Any, Executor, Row};
 
 use super::corrupt;

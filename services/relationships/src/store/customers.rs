@@ -1,8 +1,7 @@
 //! The `partner_customers` table: one row per partner and customer with the
 //! relationships between them, and the paged, searchable customer list.
 
-use sovra_runtime::pool::Pool;
-use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sovra_runtime::{clock::Millis, db::Tx, pool::Pool, Error};
 use sqlx::{any::AnyRow, Any, Executor, Row};
 
 use super::corrupt;
