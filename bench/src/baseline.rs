@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 
 use sovra_proto::identity::v1 as pb;
-use sovra_runtime::db::{Db, Migration};
+use sovra_runtime::db::{Db, Migration, SQLITE_SETTINGS};
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 use tonic::{Request, Response, Status};
 
@@ -154,10 +154,7 @@ async fn sqlx_pool(database: &str, sqlite: bool, max: u32) -> anyhow::Result<Any
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if sqlite {
-                    conn.execute(
-                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;",
-                    )
-                    .await?;
+                    conn.execute(SQLITE_SETTINGS).await?;
                 }
                 Ok(())
             })

@@ -19,6 +19,12 @@ use crate::{
 /// A connection idle this long is pinged before it is handed out.
 pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
+/// Every SQLite connection's settings: WAL with synchronous=FULL (an
+/// acknowledged commit survives a crash), foreign keys, and a wait for a
+/// busy database instead of an error.
+pub const SQLITE_SETTINGS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+     PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;";
+
 /// How long a caller waits for a connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -175,11 +181,7 @@ impl Db {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
                             // WAL with synchronous=FULL: an acknowledged commit survives a crash.
-                            conn.execute(
-                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-                                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
-                            )
-                            .await?;
+                            conn.execute(SQLITE_SETTINGS).await?;
                         } else if !flush {
                             conn.execute("SET synchronous_commit = off").await?;
                         }
