@@ -57,6 +57,17 @@ async fn marks(db: &Db) -> i64 {
     n
 }
 
+/// A transaction that has written mark `id`, not yet committed.
+async fn marked(db: &Db, id: &str) -> sovra_runtime::db::Tx {
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO marks (id) VALUES ($1)")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
 backend_test!(a_connection_cut_off_mid_call_answers_the_next_caller_correctly);
 async fn a_connection_cut_off_mid_call_answers_the_next_caller_correctly(backend: Backend) {
     let (_tdb, db) = open(backend).await;
@@ -77,22 +88,14 @@ async fn a_connection_cut_off_mid_call_answers_the_next_caller_correctly(backend
 backend_test!(a_transaction_dropped_uncommitted_is_rolled_back_before_reuse);
 async fn a_transaction_dropped_uncommitted_is_rolled_back_before_reuse(backend: Backend) {
     let (_tdb, db) = open(backend).await;
-    let mut tx = db.begin().await.unwrap();
-    sqlx::query("INSERT INTO marks (id) VALUES ('dropped')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let tx = marked(&db, "dropped").await;
     drop(tx);
     // On PostgreSQL the read runs on the same connection: had the
     // transaction stayed open, it would see its own row.
     assert_eq!(marks(&db).await, 0);
 
     // Cut off inside a transaction: rolled back too.
-    let mut tx = db.begin().await.unwrap();
-    sqlx::query("INSERT INTO marks (id) VALUES ('cut')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = marked(&db, "cut").await;
     let cut = tokio::time::timeout(
         Duration::from_millis(50),
         sqlx::query_as::<_, (String,)>(slow(backend)).fetch_one(&mut *tx),
@@ -103,11 +106,7 @@ async fn a_transaction_dropped_uncommitted_is_rolled_back_before_reuse(backend: 
     assert_eq!(marks(&db).await, 0);
 
     // And a committed one is kept, on a connection fit for the next call.
-    let mut tx = db.begin().await.unwrap();
-    sqlx::query("INSERT INTO marks (id) VALUES ('kept')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let tx = marked(&db, "kept").await;
     tx.commit().await.unwrap();
     assert_eq!(marks(&db).await, 1);
     answers_its_own(db.read()).await;
