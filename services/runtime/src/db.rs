@@ -11,6 +11,7 @@ use std::{
 use sqlx::{any::AnyPoolOptions, AnyConnection, Connection, Executor};
 
 use crate::{
+    batch::Batcher,
     error::Error,
     group_commit::{GroupTx, Writer},
     pool::{Conn, Pool},
@@ -113,6 +114,8 @@ pub struct Db {
     /// PostgreSQL only: connections whose commits don't wait for the WAL
     /// flush (see [`Db::write_unflushed`]).
     unflushed: Option<Pool>,
+    /// PostgreSQL only: batches concurrent guarded writes on `unflushed`.
+    batcher: Option<Arc<Batcher>>,
     writer: Option<Arc<Writer>>,
     backend: Backend,
 }
@@ -206,6 +209,7 @@ impl Db {
                     writer: Some(Writer::start(write.clone())),
                     write: Pool::sqlx(write),
                     unflushed: None,
+                    batcher: None,
                     backend,
                 })
             }
@@ -224,10 +228,12 @@ impl Db {
                     .map_err(connect_err)?;
                 let max = max_connections.max(1) as usize;
                 let pool = Pool::parking(pool, max, ACQUIRE_TIMEOUT);
+                let unflushed = Pool::parking(unflushed, max, ACQUIRE_TIMEOUT);
                 Ok(Db {
                     read: pool.clone(),
                     write: pool,
-                    unflushed: Some(Pool::parking(unflushed, max, ACQUIRE_TIMEOUT)),
+                    batcher: Some(Batcher::new(unflushed.clone())),
+                    unflushed: Some(unflushed),
                     writer: None,
                     backend,
                 })
@@ -378,6 +384,21 @@ impl Db {
                 transactions as f64,
             ));
         }
+        if let Some((batches, calls)) = self.write_batches() {
+            let l = [("service", service)];
+            out.push(Gauge::new(
+                "sovra_db_write_batches",
+                "PostgreSQL statements that wrote concurrent guarded writes together since start, by service",
+                &l,
+                batches as f64,
+            ));
+            out.push(Gauge::new(
+                "sovra_db_batched_writes",
+                "Guarded writes (claims) written in those statements since start, by service",
+                &l,
+                calls as f64,
+            ));
+        }
         for (pool, p) in pools {
             let (size, in_use) = (p.open() as f64, p.in_use() as f64);
             let l = [("service", service), ("pool", pool)];
@@ -422,6 +443,19 @@ impl Db {
     /// commit shares the fsync instead): there this is [`Db::write`].
     pub fn write_unflushed(&self) -> &Pool {
         self.unflushed.as_ref().unwrap_or(&self.write)
+    }
+
+    /// PostgreSQL's statements that ran concurrent guarded writes together
+    /// since start, and the writes in them (see [`Writes::batched`]).
+    ///
+    /// [`Writes::batched`]: crate::writes::Writes::batched
+    pub fn write_batches(&self) -> Option<(u64, u64)> {
+        self.batcher.as_ref().map(|b| b.stats())
+    }
+
+    /// PostgreSQL's batcher of unflushed guarded writes.
+    pub(crate) fn batcher(&self) -> Option<&Arc<Batcher>> {
+        self.batcher.as_ref()
     }
 
     /// Starts a write transaction.

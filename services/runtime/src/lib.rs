@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+mod batch;
 pub mod clock;
 pub mod config;
 pub mod db;

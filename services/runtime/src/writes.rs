@@ -11,10 +11,18 @@
 //! nothing on conflict). The other rows are written only when it did, in
 //! the same statement on PostgreSQL, so that [`Writes::commit`] needs no
 //! transaction of its own there: one statement is one transaction.
+//!
+//! A guard may also say how to decide many writes at once
+//! ([`Writes::batched`]): concurrent [`Writes::commit_unflushed`] calls of
+//! the same shape then go to PostgreSQL together, as one statement over
+//! all their rows (see [`crate::batch`]).
 
 use sqlx::{any::AnyArguments, Any, Arguments};
 
-use crate::db::{Backend, Db, Tx};
+use crate::{
+    db::{Backend, Db, Tx},
+    pool::Pool,
+};
 
 /// A value bound to a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +30,42 @@ pub enum Value {
     Text(String),
     Int(i64),
     MaybeInt(Option<i64>),
+}
+
+impl Value {
+    fn is_text(&self) -> bool {
+        matches!(self, Value::Text(_))
+    }
+
+    /// Appends this value as JSON.
+    fn write_json(&self, out: &mut String) {
+        use std::fmt::Write;
+        match self {
+            Value::Text(s) => json_string(out, s),
+            Value::Int(i) | Value::MaybeInt(Some(i)) => {
+                let _ = write!(out, "{i}");
+            }
+            Value::MaybeInt(None) => out.push_str("null"),
+        }
+    }
+}
+
+/// Appends `s` as a JSON string.
+fn json_string(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    out.reserve(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 impl From<String> for Value {
@@ -131,6 +175,8 @@ enum Item {
 #[derive(Debug, Clone, Default)]
 pub struct Writes {
     guard: Option<Statement>,
+    /// The guard for many writes at once (see [`Writes::batched`]).
+    batch_guard: Option<&'static str>,
     items: Vec<Item>,
 }
 
@@ -149,8 +195,21 @@ impl Writes {
                 sql: sql.into(),
                 values,
             }),
+            batch_guard: None,
             items: Vec::new(),
         }
+    }
+
+    /// Lets concurrent [`Writes::commit_unflushed`] calls of this shape run
+    /// as one statement on PostgreSQL. `sql` is the guard for all of them:
+    /// it reads `input i`, one row per call, whose column `n` numbers the
+    /// call and `g1`, `g2`, … hold the guard's values in the order of its
+    /// `$1`, `$2`, …; and it returns `n` for each call whose writes may go
+    /// ahead (an `UPDATE … FROM input i … RETURNING i.n`). It must decide
+    /// each row as the guard alone would, given the rows before it.
+    pub fn batched(mut self, sql: &'static str) -> Self {
+        self.batch_guard = Some(sql);
+        self
     }
 
     pub fn insert(&mut self, row: Insert) {
@@ -217,17 +276,48 @@ impl Writes {
     /// for the WAL flush: the caller must not acknowledge the change before
     /// a later flushing commit (see [`Db::write_unflushed`]). Writes that
     /// need a transaction of their own flush as usual.
+    /// Batched with concurrent calls of the same shape when it has a
+    /// batch guard ([`Writes::batched`]).
     pub async fn commit_unflushed(self, db: &Db) -> Result<bool, sqlx::Error> {
-        self.commit_on(db, db.write_unflushed()).await
+        match db.batcher() {
+            Some(b) if self.batch_shape().is_some() => b.commit(self).await,
+            _ => self.commit_on(db, db.write_unflushed()).await,
+        }
     }
 
-    async fn commit_on(self, db: &Db, pool: &crate::pool::Pool) -> Result<bool, sqlx::Error> {
+    /// Commits on `pool` as one statement (PostgreSQL; the batcher's call
+    /// alone).
+    pub(crate) async fn commit_folded(self, pool: &Pool) -> Result<bool, sqlx::Error> {
+        match self.fold().0 {
+            Some(f) => f.run(pool).await,
+            None => Ok(true),
+        }
+    }
+
+    /// What writes must share to be batched: the batch guard, every row's
+    /// table and columns, and the kind of every value. None when these
+    /// writes can't be batched.
+    pub(crate) fn batch_shape(&self) -> Option<Shape> {
+        let (guard, sql) = (self.guard.as_ref()?, self.batch_guard?);
+        let mut rows = Vec::with_capacity(self.items.len());
+        let mut texts = Vec::with_capacity(64);
+        texts.extend(guard.values.iter().map(Value::is_text));
+        for item in &self.items {
+            match item {
+                Item::Insert(i) => {
+                    rows.push((i.table, i.columns));
+                    texts.extend(i.values.iter().map(Value::is_text));
+                }
+                Item::Alone(_) => return None,
+            }
+        }
+        Some(Shape { sql, rows, texts })
+    }
+
+    async fn commit_on(self, db: &Db, pool: &Pool) -> Result<bool, sqlx::Error> {
         let alone = self.items.iter().any(|i| matches!(i, Item::Alone(_)));
         if db.backend() == Backend::Postgres && !alone {
-            return match self.fold().0 {
-                Some(f) => f.run(pool).await,
-                None => Ok(true),
-            };
+            return self.commit_folded(pool).await;
         }
         let mut tx = db.begin_tx().await?;
         if !self.run(&mut tx).await? {
@@ -289,6 +379,82 @@ impl Writes {
             Outcome::Always
         };
         (Some(Folded { sql, args, outcome }), alone)
+    }
+}
+
+/// What writes must share to go to PostgreSQL as one statement (see
+/// [`Writes::batch_shape`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// The batch guard.
+    sql: &'static str,
+    /// Each row's table and columns.
+    rows: Vec<(&'static str, &'static [&'static str])>,
+    /// Whether each value, the guard's first, is text (else a number).
+    texts: Vec<bool>,
+}
+
+impl Shape {
+    /// One statement for all of `writes` (of this shape): their values go
+    /// as one JSON parameter, a row each, numbered by their index; it
+    /// returns the index of each one whose guard let it write.
+    pub(crate) fn statement(&self, writes: &[Writes]) -> (String, AnyArguments<'static>) {
+        use std::fmt::Write;
+        let guard_values = self.texts.len() - self.rows.iter().map(|r| r.1.len()).sum::<usize>();
+        // The input's columns, in the order of the values.
+        let mut names = Vec::with_capacity(self.texts.len());
+        names.extend((1..=guard_values).map(|k| format!("g{k}")));
+        for (t, (_, columns)) in self.rows.iter().enumerate() {
+            names.extend((0..columns.len()).map(|c| format!("v{t}_{c}")));
+        }
+        let mut sql = String::with_capacity(512 + 64 * names.len());
+        sql.push_str(
+            "WITH input AS MATERIALIZED (SELECT * FROM json_to_recordset($1::json) AS i(n int8",
+        );
+        for (name, text) in names.iter().zip(&self.texts) {
+            let _ = write!(sql, ", {name} {}", if *text { "text" } else { "int8" });
+        }
+        let _ = write!(sql, ")), guard AS ({})", self.sql);
+        let mut next = guard_values;
+        for (t, (table, columns)) in self.rows.iter().enumerate() {
+            let _ = write!(
+                sql,
+                ", w{t} AS (INSERT INTO {table} ({}) SELECT ",
+                columns.join(", ")
+            );
+            for (c, name) in names[next..next + columns.len()].iter().enumerate() {
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                let _ = write!(sql, "i.{name}");
+            }
+            sql.push_str(" FROM input i JOIN guard g ON g.n = i.n)");
+            next += columns.len();
+        }
+        sql.push_str(" SELECT n FROM guard");
+
+        let mut json = String::with_capacity(writes.len() * 1024);
+        json.push('[');
+        for (n, w) in writes.iter().enumerate() {
+            if n > 0 {
+                json.push(',');
+            }
+            let _ = write!(json, "{{\"n\":{n}");
+            let guard = w.guard.iter().flat_map(|g| g.values.iter());
+            let rows = w.items.iter().flat_map(|i| match i {
+                Item::Insert(i) => i.values.iter(),
+                Item::Alone(s) => s.values.iter(),
+            });
+            for (name, v) in names.iter().zip(guard.chain(rows)) {
+                let _ = write!(json, ",\"{name}\":");
+                v.write_json(&mut json);
+            }
+            json.push('}');
+        }
+        json.push(']');
+        let mut args = AnyArguments::default();
+        let _ = args.add(json);
+        (sql, args)
     }
 }
 

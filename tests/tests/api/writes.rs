@@ -38,6 +38,11 @@ fn take(id: &str, by: &str) -> Writes {
     )
 }
 
+/// [`take`] for many at once.
+const TAKE_BATCHED: &str =
+    "UPDATE tickets t SET taken_by = i.g2 FROM input i WHERE t.id = i.g1 AND t.taken_by IS NULL \
+     RETURNING i.n";
+
 async fn things(db: &Db) -> Vec<(String, i64, Option<i64>)> {
     sqlx::query_as("SELECT id, n, at FROM things ORDER BY id")
         .fetch_all(db.read())
@@ -186,4 +191,97 @@ async fn unflushed_commits_write_like_commits_and_only_they_skip_the_flush(backe
         // SQLite's commits always flush: there is no other pool.
         assert!(std::ptr::eq(db.write_unflushed(), db.write()));
     }
+}
+
+backend_test!(concurrent_guarded_writes_are_batched_and_each_told_its_own_outcome);
+async fn concurrent_guarded_writes_are_batched_and_each_told_its_own_outcome(backend: Backend) {
+    let (_tdb, db) = open(backend).await;
+    // Text that must reach the row as it was sent.
+    let odd = "\"quoted\" back\\slash\nnew line\ttab ü € … 𝄞";
+    for t in 0..8 {
+        ticket(&db, &format!("b{t}")).await;
+    }
+    for t in ["gone", "x1", "x2"] {
+        ticket(&db, t).await;
+    }
+    assert!(take("gone", "earlier").commit(&db).await.unwrap());
+    // Twelve racers for each of eight tickets, six for a taken one, and
+    // two whose rows share an id (on tickets of their own), interleaved.
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        for t in 0..8 {
+            calls.push((format!("b{t}"), format!("b{t}-{i} {odd}")));
+        }
+        if i < 6 {
+            calls.push(("gone".to_owned(), format!("gone-{i}")));
+        }
+    }
+    calls.insert(40, ("x1".to_owned(), "twin".to_owned()));
+    calls.insert(41, ("x2".to_owned(), "twin".to_owned()));
+    let tasks: Vec<_> = calls
+        .iter()
+        .enumerate()
+        .map(|(n, (ticket, id))| {
+            let (db, ticket, id) = (db.clone(), ticket.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut w = take(&ticket, &id).batched(TAKE_BATCHED);
+                w.insert(thing(&id, n as i64, Some(-(n as i64))));
+                w.commit_unflushed(&db).await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+
+    let mut written = Vec::new();
+    for ((ticket, id), outcome) in calls.iter().zip(&outcomes) {
+        match (ticket.as_str(), outcome) {
+            (_, Ok(true)) => written.push((ticket.clone(), id.clone())),
+            (_, Ok(false)) => {}
+            ("x1" | "x2", Err(e)) => assert_eq!(unique_violation_table(e), Some("things")),
+            (_, Err(e)) => panic!("{ticket}: {e}"),
+        }
+    }
+    written.sort();
+    let won: Vec<&str> = written.iter().map(|w| w.0.as_str()).collect();
+    assert_eq!(won.len(), 9, "{won:?}");
+    for t in 0..8 {
+        let b = format!("b{t}");
+        assert_eq!(won.iter().filter(|w| **w == b).count(), 1, "{b} won once");
+    }
+    assert!(
+        !won.contains(&"gone"),
+        "a taken ticket is taken by nobody else"
+    );
+    let twins = won.iter().filter(|w| w.starts_with('x')).count();
+    assert_eq!(twins, 1, "one of the two rows with one id is written");
+
+    // Each winner's row, its text intact, and its ticket taken by it; no
+    // loser wrote anything.
+    let rows: Vec<String> = things(&db).await.into_iter().map(|t| t.0).collect();
+    let mut expected: Vec<String> = written.iter().map(|w| w.1.clone()).collect();
+    expected.sort();
+    assert_eq!(rows, expected);
+    for (ticket, id) in &written {
+        let (by,): (String,) = sqlx::query_as("SELECT taken_by FROM tickets WHERE id = $1")
+            .bind(ticket)
+            .fetch_one(db.read())
+            .await
+            .unwrap();
+        assert_eq!(&by, id);
+    }
+
+    match (backend, db.write_batches()) {
+        (Backend::Postgres, Some((batches, calls))) => {
+            assert!(
+                batches >= 1 && calls >= 2,
+                "{batches} batches of {calls} calls"
+            );
+        }
+        (Backend::Sqlite, None) => {}
+        (b, stats) => panic!("{b:?}: batches {stats:?}"),
+    }
+    db.close().await;
 }

@@ -62,7 +62,9 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
 /// Claims an unredeemed key for one redemption: the exactly-once step,
 /// guarding the redemption's other writes. A single conditional UPDATE, so
 /// of any number of concurrent claims one wins and the rest see no row
-/// (and write nothing).
+/// (and write nothing). Concurrent claims in this process may go to
+/// PostgreSQL as one statement: the same `UPDATE` over all of them, where
+/// each key is updated once, so only one claim of a key can win there too.
 pub fn claim(
     key_hash: &str,
     redeemed_by: &str,
@@ -80,5 +82,10 @@ pub fn claim(
             partner.into(),
             subscription_id.into(),
         ],
+    )
+    .batched(
+        "UPDATE product_keys k SET redeemed_at = i.g2, redeemed_by = i.g3, partner_tenant_id = i.g4, \
+         subscription_id = i.g5 FROM input i WHERE k.key_hash = i.g1 AND k.redeemed_at IS NULL \
+         RETURNING i.n",
     )
 }
