@@ -152,7 +152,7 @@ impl Relationships {
     ) -> Result<Error, Error> {
         let u = ctx.user()?;
         let related = u.tenant_id == tenant.as_str()
-            || customers::get(self.db().read(), &u.tenant_id, tenant.as_str())
+            || customers::read(self.db(), &u.tenant_id, tenant.as_str())
                 .await?
                 .is_some();
         Ok(if related {

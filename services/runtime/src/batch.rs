@@ -1,24 +1,28 @@
-//! Concurrent guarded writes sent to PostgreSQL as one statement.
+//! Concurrent calls of one kind sent to PostgreSQL as one statement.
 //!
-//! A redemption's claim is a statement of one `UPDATE` and a few `INSERT`s
-//! (see [`crate::writes`]). Run one at a time, each pays PostgreSQL's costs
-//! per statement and per transaction (a round trip, a snapshot, executor
-//! start-up, the locks on every table and index it writes, a commit), and
-//! those costs, not the rows, are most of its time. Here calls of the same
-//! shape that arrive while one is running wait for it, then go together:
-//! one statement whose guard decides every call's rows at once
-//! ([`Writes::batched`]), each call told whether its own rows were written.
+//! A key redemption's statements are small: two point reads and a claim of
+//! one `UPDATE` and a few `INSERT`s (see [`crate::writes`]). Run one at a
+//! time, each pays PostgreSQL's costs per statement (a round trip and the
+//! wake-ups on both sides, a snapshot, executor start-up, the locks on
+//! every table and index it touches, and for a write a commit), and those
+//! costs, not the rows, are most of its time. Here calls of one kind that
+//! arrive while others run wait for them, then go together: one statement
+//! over all their rows, each call told its own outcome.
 //!
-//! A call that finds nothing running runs at once, alone, as it would
-//! without the batcher: no added wait when there is no one else. Up to
-//! [`RUNNING`] statements run at a time; whoever queued meanwhile goes in
-//! the next. A batch that fails (a request id stored by a twin of one of
-//! its requests, a lost connection) writes nothing, being one statement;
-//! its calls then run one by one, so each gets its own outcome.
+//! - Guarded writes ([`Writes::batched`]): one guard decides every call's
+//!   rows at once. Only the commits that don't wait for the WAL flush are
+//!   batched ([`Writes::commit_unflushed`]): each caller still
+//!   acknowledges nothing until a later flushing commit, exactly as alone.
+//! - Point reads by key ([`Lookup`]): one join of the keys with the table.
 //!
-//! Only the commits that don't wait for the WAL flush are batched
-//! ([`Writes::commit_unflushed`]): each caller still acknowledges nothing
-//! until a later flushing commit, exactly as alone.
+//! A call that finds a statement's place free runs at once, alone, as it
+//! would without the batcher: no added wait when there is no one else. A
+//! few statements run at a time; whoever queued meanwhile goes in the
+//! next. A batch that fails (a request id stored by a twin of one of its
+//! requests, a lost connection) writes nothing, being one statement; its
+//! calls then run one by one, so each gets its own outcome.
+//!
+//! [`Lookup`]: crate::lookup::Lookup
 
 use std::{
     collections::VecDeque,
@@ -28,23 +32,34 @@ use std::{
     },
 };
 
-use futures_util::future::join_all;
-use sqlx::Row;
+use futures_util::future::{join_all, BoxFuture};
 use tokio::sync::oneshot;
 
-use crate::{pool::Pool, writes::Writes};
+use crate::pool::Pool;
 
-/// Statements in flight at a time: one to run while the next fills.
-const RUNNING: usize = 2;
 /// The most calls in one statement.
 const MAX_BATCH: usize = 64;
 
-type Reply = oneshot::Sender<Result<bool, sqlx::Error>>;
+/// A call that can run alone or in one statement with others of its kind.
+pub(crate) trait Job: Sized + Send + 'static {
+    type Out: Send + 'static;
+    /// Whether `other` can go in the same statement as this one.
+    fn joins(&self, other: &Self) -> bool;
+    /// The call on its own, as without a batcher.
+    fn alone(self, pool: &Pool) -> BoxFuture<'_, Result<Self::Out, sqlx::Error>>;
+    /// All of `jobs` (which join the first) in one statement: each one's
+    /// outcome, or None when the statement failed (and so wrote nothing).
+    fn together<'a>(jobs: &'a [Self], pool: &'a Pool) -> BoxFuture<'a, Option<Vec<Self::Out>>>;
+}
 
-/// One pool's batcher (PostgreSQL's unflushed pool).
-pub(crate) struct Batcher {
+type Reply<J> = oneshot::Sender<Result<<J as Job>::Out, sqlx::Error>>;
+
+/// One pool's batcher for one kind of call.
+pub(crate) struct Batcher<J: Job> {
     pool: Pool,
-    state: Mutex<State>,
+    /// Statements in flight at a time.
+    running_max: usize,
+    state: Mutex<State<J>>,
     /// Where drains run (a call may be dropped outside a task).
     runtime: tokio::runtime::Handle,
     /// Statements that ran calls together, and the calls they ran.
@@ -52,30 +67,34 @@ pub(crate) struct Batcher {
     batched: AtomicU64,
 }
 
-/// A call's turn: now, alone, or in a later batch.
-enum Turn {
-    Now(Writes),
-    Queued(oneshot::Receiver<Result<bool, sqlx::Error>>),
-}
-
-#[derive(Default)]
-struct State {
-    waiting: VecDeque<(Writes, Reply)>,
+struct State<J: Job> {
+    waiting: VecDeque<(J, Reply<J>)>,
     running: usize,
 }
 
-impl std::fmt::Debug for Batcher {
+/// A call's turn: now, alone, or in a later batch.
+enum Turn<J: Job> {
+    Now(J),
+    Queued(oneshot::Receiver<Result<J::Out, sqlx::Error>>),
+}
+
+impl<J: Job> std::fmt::Debug for Batcher<J> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher").finish_non_exhaustive()
     }
 }
 
-impl Batcher {
-    /// Must be called inside the runtime the drains run on.
-    pub(crate) fn new(pool: Pool) -> Arc<Self> {
+impl<J: Job> Batcher<J> {
+    /// A batcher on `pool` running up to `running_max` statements at a
+    /// time. Must be called inside the runtime the drains run on.
+    pub(crate) fn new(pool: Pool, running_max: usize) -> Arc<Self> {
         Arc::new(Self {
             pool,
-            state: Mutex::default(),
+            running_max,
+            state: Mutex::new(State {
+                waiting: VecDeque::new(),
+                running: 0,
+            }),
             runtime: tokio::runtime::Handle::current(),
             batches: AtomicU64::new(0),
             batched: AtomicU64::new(0),
@@ -91,22 +110,21 @@ impl Batcher {
         )
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State<J>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commits `w` (which has a batch shape), alone or with others; true
-    /// when its guard let its rows be written.
-    pub(crate) async fn commit(self: &Arc<Self>, w: Writes) -> Result<bool, sqlx::Error> {
+    /// Runs `job`, alone or with others.
+    pub(crate) async fn run(self: &Arc<Self>, job: J) -> Result<J::Out, sqlx::Error> {
         let turn = {
             let mut s = self.state();
-            if s.running < RUNNING && s.waiting.is_empty() {
+            if s.running < self.running_max && s.waiting.is_empty() {
                 s.running += 1;
-                Turn::Now(w)
+                Turn::Now(job)
             } else {
                 let (tx, rx) = oneshot::channel();
-                s.waiting.push_back((w, tx));
-                if s.running < RUNNING {
+                s.waiting.push_back((job, tx));
+                if s.running < self.running_max {
                     s.running += 1;
                     self.runtime.spawn(self.clone().drain());
                 }
@@ -114,11 +132,11 @@ impl Batcher {
             }
         };
         match turn {
-            Turn::Now(w) => {
+            Turn::Now(job) => {
                 // Hands over to a drain of whoever queued meanwhile when
                 // done, even if this call is dropped midway.
                 let _slot = Slot(self.clone());
-                w.commit_folded(&self.pool).await
+                job.alone(&self.pool).await
             }
             Turn::Queued(rx) => rx.await.unwrap_or(Err(sqlx::Error::WorkerCrashed)),
         }
@@ -148,73 +166,56 @@ impl Batcher {
                 }
                 batch
             };
-            self.run(batch).await;
+            self.run_batch(batch).await;
         }
     }
 
-    async fn run(&self, batch: Vec<(Writes, Reply)>) {
-        let (writes, replies): (Vec<Writes>, Vec<Reply>) = batch.into_iter().unzip();
-        if writes.len() > 1 {
-            if let Some(written) = self.run_together(&writes).await {
-                for (reply, ok) in replies.into_iter().zip(written) {
-                    let _ = reply.send(Ok(ok));
+    async fn run_batch(&self, batch: Vec<(J, Reply<J>)>) {
+        let (jobs, replies): (Vec<J>, Vec<Reply<J>>) = batch.into_iter().unzip();
+        if jobs.len() > 1 {
+            let n = jobs.len();
+            if let Some(outs) = J::together(&jobs, &self.pool).await {
+                if outs.len() == n {
+                    self.batches.fetch_add(1, Ordering::Relaxed);
+                    self.batched.fetch_add(n as u64, Ordering::Relaxed);
+                    for (reply, out) in replies.into_iter().zip(outs) {
+                        let _ = reply.send(Ok(out));
+                    }
+                    return;
                 }
-                return;
             }
         }
         // One call, or a batch that failed: each alone, for its own outcome.
-        let alone = writes.into_iter().map(|w| w.commit_folded(&self.pool));
+        let alone = jobs.into_iter().map(|j| j.alone(&self.pool));
         for (reply, r) in replies.into_iter().zip(join_all(alone).await) {
             let _ = reply.send(r);
         }
     }
-
-    /// Whether each of `writes` was written, or None when the statement
-    /// failed (and so wrote nothing).
-    async fn run_together(&self, writes: &[Writes]) -> Option<Vec<bool>> {
-        let shape = writes.first()?.batch_shape()?;
-        let (sql, args) = shape.statement(writes);
-        let rows = match sqlx::query_with(&sql, args).fetch_all(&self.pool).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::debug!(error = %e, calls = writes.len(), "a batch failed; its calls run alone");
-                return None;
-            }
-        };
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.batched
-            .fetch_add(writes.len() as u64, Ordering::Relaxed);
-        let mut written = vec![false; writes.len()];
-        for row in rows {
-            let n: i64 = row.try_get(0).ok()?;
-            *written.get_mut(usize::try_from(n).ok()?)? = true;
-        }
-        Some(written)
-    }
 }
 
 /// A running statement's place, handed on when dropped.
-struct Slot(Arc<Batcher>);
+struct Slot<J: Job>(Arc<Batcher<J>>);
 
-impl Drop for Slot {
+impl<J: Job> Drop for Slot<J> {
     fn drop(&mut self) {
         self.0.finished();
     }
 }
 
-/// The longest run of waiting calls from the front that share the first
-/// one's shape, up to [`MAX_BATCH`]; the rest keep their places.
-fn take_batch(waiting: &mut VecDeque<(Writes, Reply)>) -> Vec<(Writes, Reply)> {
-    let Some(shape) = waiting.front().and_then(|(w, _)| w.batch_shape()) else {
-        return waiting.pop_front().into_iter().collect();
+/// The first waiting call and every other that joins it, up to
+/// [`MAX_BATCH`]; the rest keep their order.
+fn take_batch<J: Job>(waiting: &mut VecDeque<(J, Reply<J>)>) -> Vec<(J, Reply<J>)> {
+    let Some(first) = waiting.pop_front() else {
+        return Vec::new();
     };
-    let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH));
-    while batch.len() < MAX_BATCH {
-        match waiting.front() {
-            Some((w, _)) if w.batch_shape().as_ref() == Some(&shape) => {
-                batch.extend(waiting.pop_front());
-            }
-            _ => break,
+    let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH) + 1);
+    batch.push(first);
+    let mut i = 0;
+    while i < waiting.len() && batch.len() < MAX_BATCH {
+        if batch[0].0.joins(&waiting[i].0) {
+            batch.extend(waiting.remove(i));
+        } else {
+            i += 1;
         }
     }
     batch

@@ -14,8 +14,15 @@ use crate::{
     batch::Batcher,
     error::Error,
     group_commit::{GroupTx, Writer},
+    lookup::Read,
     pool::{Conn, Pool},
+    writes::Batched,
 };
+
+/// Batched statements in flight at a time (see [`crate::batch`]): writes
+/// (one to run while the next fills), and point reads.
+const WRITE_BATCHES: usize = 2;
+const READ_BATCHES: usize = 2;
 
 /// A connection idle this long is pinged before it is handed out.
 pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
@@ -114,8 +121,10 @@ pub struct Db {
     /// PostgreSQL only: connections whose commits don't wait for the WAL
     /// flush (see [`Db::write_unflushed`]).
     unflushed: Option<Pool>,
-    /// PostgreSQL only: batches concurrent guarded writes on `unflushed`.
-    batcher: Option<Arc<Batcher>>,
+    /// PostgreSQL only: batches concurrent guarded writes on `unflushed`,
+    /// and point reads on `read` (see [`crate::batch`]).
+    write_batcher: Option<Arc<Batcher<Batched>>>,
+    read_batcher: Option<Arc<Batcher<Read>>>,
     writer: Option<Arc<Writer>>,
     backend: Backend,
 }
@@ -209,7 +218,8 @@ impl Db {
                     writer: Some(Writer::start(write.clone())),
                     write: Pool::sqlx(write),
                     unflushed: None,
-                    batcher: None,
+                    write_batcher: None,
+                    read_batcher: None,
                     backend,
                 })
             }
@@ -230,9 +240,10 @@ impl Db {
                 let pool = Pool::parking(pool, max, ACQUIRE_TIMEOUT);
                 let unflushed = Pool::parking(unflushed, max, ACQUIRE_TIMEOUT);
                 Ok(Db {
+                    read_batcher: Some(Batcher::new(pool.clone(), READ_BATCHES)),
+                    write_batcher: Some(Batcher::new(unflushed.clone(), WRITE_BATCHES)),
                     read: pool.clone(),
                     write: pool,
-                    batcher: Some(Batcher::new(unflushed.clone())),
                     unflushed: Some(unflushed),
                     writer: None,
                     backend,
@@ -384,17 +395,23 @@ impl Db {
                 transactions as f64,
             ));
         }
-        if let Some((batches, calls)) = self.write_batches() {
-            let l = [("service", service)];
+        for (kind, stats) in [
+            ("write", self.write_batches()),
+            ("read", self.read_batches()),
+        ] {
+            let Some((batches, calls)) = stats else {
+                continue;
+            };
+            let l = [("service", service), ("kind", kind)];
             out.push(Gauge::new(
-                "sovra_db_write_batches",
-                "PostgreSQL statements that wrote concurrent guarded writes together since start, by service",
+                "sovra_db_batches",
+                "PostgreSQL statements that ran concurrent calls together since start (guarded writes, point reads), by service and kind",
                 &l,
                 batches as f64,
             ));
             out.push(Gauge::new(
-                "sovra_db_batched_writes",
-                "Guarded writes (claims) written in those statements since start, by service",
+                "sovra_db_batched_calls",
+                "Calls run in those statements since start, by service and kind",
                 &l,
                 calls as f64,
             ));
@@ -450,12 +467,21 @@ impl Db {
     ///
     /// [`Writes::batched`]: crate::writes::Writes::batched
     pub fn write_batches(&self) -> Option<(u64, u64)> {
-        self.batcher.as_ref().map(|b| b.stats())
+        self.write_batcher.as_ref().map(|b| b.stats())
     }
 
-    /// PostgreSQL's batcher of unflushed guarded writes.
-    pub(crate) fn batcher(&self) -> Option<&Arc<Batcher>> {
-        self.batcher.as_ref()
+    /// PostgreSQL's point reads run together since start, and the reads in
+    /// them (see [`crate::lookup::Lookup`]).
+    pub fn read_batches(&self) -> Option<(u64, u64)> {
+        self.read_batcher.as_ref().map(|b| b.stats())
+    }
+
+    pub(crate) fn write_batcher(&self) -> Option<&Arc<Batcher<Batched>>> {
+        self.write_batcher.as_ref()
+    }
+
+    pub(crate) fn read_batcher(&self) -> Option<&Arc<Batcher<Read>>> {
+        self.read_batcher.as_ref()
     }
 
     /// Starts a write transaction.

@@ -17,6 +17,7 @@ pub mod hex;
 pub mod idempotency;
 pub mod ids;
 pub mod links;
+pub mod lookup;
 pub mod metrics;
 pub mod paging;
 pub mod peers;

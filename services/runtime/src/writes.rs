@@ -17,9 +17,11 @@
 //! the same shape then go to PostgreSQL together, as one statement over
 //! all their rows (see [`crate::batch`]).
 
-use sqlx::{any::AnyArguments, Any, Arguments};
+use futures_util::future::BoxFuture;
+use sqlx::{any::AnyArguments, Any, Arguments, Row};
 
 use crate::{
+    batch::Job,
     db::{Backend, Db, Tx},
     pool::Pool,
 };
@@ -51,7 +53,7 @@ impl Value {
 }
 
 /// Appends `s` as a JSON string.
-fn json_string(out: &mut String, s: &str) {
+pub(crate) fn json_string(out: &mut String, s: &str) {
     use std::fmt::Write;
     out.reserve(s.len() + 2);
     out.push('"');
@@ -279,8 +281,14 @@ impl Writes {
     /// Batched with concurrent calls of the same shape when it has a
     /// batch guard ([`Writes::batched`]).
     pub async fn commit_unflushed(self, db: &Db) -> Result<bool, sqlx::Error> {
-        match db.batcher() {
-            Some(b) if self.batch_shape().is_some() => b.commit(self).await,
+        match (db.write_batcher(), self.batch_shape()) {
+            (Some(b), Some(shape)) => {
+                b.run(Batched {
+                    writes: self,
+                    shape,
+                })
+                .await
+            }
             _ => self.commit_on(db, db.write_unflushed()).await,
         }
     }
@@ -398,7 +406,10 @@ impl Shape {
     /// One statement for all of `writes` (of this shape): their values go
     /// as one JSON parameter, a row each, numbered by their index; it
     /// returns the index of each one whose guard let it write.
-    pub(crate) fn statement(&self, writes: &[Writes]) -> (String, AnyArguments<'static>) {
+    fn statement<'w>(
+        &self,
+        writes: impl Iterator<Item = &'w Writes>,
+    ) -> (String, AnyArguments<'static>) {
         use std::fmt::Write;
         let guard_values = self.texts.len() - self.rows.iter().map(|r| r.1.len()).sum::<usize>();
         // The input's columns, in the order of the values.
@@ -433,9 +444,9 @@ impl Shape {
         }
         sql.push_str(" SELECT n FROM guard");
 
-        let mut json = String::with_capacity(writes.len() * 1024);
+        let mut json = String::with_capacity(16 * 1024);
         json.push('[');
-        for (n, w) in writes.iter().enumerate() {
+        for (n, w) in writes.enumerate() {
             if n > 0 {
                 json.push(',');
             }
@@ -455,6 +466,47 @@ impl Shape {
         let mut args = AnyArguments::default();
         let _ = args.add(json);
         (sql, args)
+    }
+}
+
+/// Guarded writes waiting for their turn in a batch (see [`crate::batch`]).
+pub(crate) struct Batched {
+    writes: Writes,
+    shape: Shape,
+}
+
+impl Job for Batched {
+    /// Whether the guard let the rows be written.
+    type Out = bool;
+
+    fn joins(&self, other: &Self) -> bool {
+        self.shape == other.shape
+    }
+
+    fn alone(self, pool: &Pool) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+        Box::pin(self.writes.commit_folded(pool))
+    }
+
+    fn together<'a>(jobs: &'a [Self], pool: &'a Pool) -> BoxFuture<'a, Option<Vec<bool>>> {
+        Box::pin(async move {
+            let (sql, args) = jobs
+                .first()?
+                .shape
+                .statement(jobs.iter().map(|j| &j.writes));
+            let rows = match sqlx::query_with(&sql, args).fetch_all(pool).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::debug!(error = %e, calls = jobs.len(), "a batch of writes failed; its calls run alone");
+                    return None;
+                }
+            };
+            let mut written = vec![false; jobs.len()];
+            for row in rows {
+                let n: i64 = row.try_get(0).ok()?;
+                *written.get_mut(usize::try_from(n).ok()?)? = true;
+            }
+            Some(written)
+        })
     }
 }
 

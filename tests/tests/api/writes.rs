@@ -1,11 +1,16 @@
 //! `sovra_runtime::writes` straight on each backend's database: the rows
 //! of a mutation sent together (one statement on PostgreSQL), written all
-//! or none, and only when their guard let them.
+//! or none, and only when their guard let them; concurrent guarded writes
+//! and point reads (`sovra_runtime::lookup`) batched on PostgreSQL, each
+//! caller getting its own outcome.
 
 use sovra_runtime::{
     db::{unique_violation_table, Db, Migration},
+    lookup::Lookup,
     writes::{Insert, Value, Writes},
 };
+
+use sqlx::Row;
 
 use crate::{backend_test, helpers::*};
 
@@ -278,6 +283,47 @@ async fn concurrent_guarded_writes_are_batched_and_each_told_its_own_outcome(bac
             assert!(
                 batches >= 1 && calls >= 2,
                 "{batches} batches of {calls} calls"
+            );
+        }
+        (Backend::Sqlite, None) => {}
+        (b, stats) => panic!("{b:?}: batches {stats:?}"),
+    }
+    db.close().await;
+}
+
+backend_test!(concurrent_lookups_are_batched_and_each_gets_its_own_row);
+async fn concurrent_lookups_are_batched_and_each_gets_its_own_row(backend: Backend) {
+    static TICKET: Lookup = Lookup::new("tickets", "id, taken_by, uses", &["id"]);
+    let (_tdb, db) = open(backend).await;
+    let id = |i: usize| format!("t{i} \"odd\" \\ ü\n");
+    for i in (0..40).step_by(2) {
+        ticket(&db, &id(i)).await;
+        assert!(take(&id(i), &format!("by {i}")).commit(&db).await.unwrap());
+    }
+    // Every other ticket exists; each is asked for by two callers at once.
+    let tasks: Vec<_> = (0..80)
+        .map(|c| {
+            let (db, key) = (db.clone(), id(c % 40));
+            tokio::spawn(async move { TICKET.get(&db, &[&key]).await })
+        })
+        .collect();
+    for (c, t) in tasks.into_iter().enumerate() {
+        let i = c % 40;
+        let row = t.await.unwrap().unwrap();
+        match row {
+            Some(r) => {
+                assert_eq!(i % 2, 0, "ticket {i} does not exist");
+                let (got, by): (String, String) = (r.get(0), r.get(1));
+                assert_eq!((got, by), (id(i), format!("by {i}")));
+            }
+            None => assert_eq!(i % 2, 1, "ticket {i} exists"),
+        }
+    }
+    match (backend, db.read_batches()) {
+        (Backend::Postgres, Some((batches, calls))) => {
+            assert!(
+                batches >= 1 && calls >= 2,
+                "{batches} batches of {calls} reads"
             );
         }
         (Backend::Sqlite, None) => {}

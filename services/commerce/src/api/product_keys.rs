@@ -227,7 +227,7 @@ impl Commerce {
         // 1. Claim the key and create its subscription, or find our own claim.
         let hash = key.hash();
         // Fail fast: a key someone else redeemed, or is redeeming now.
-        let stored = product_keys::get(self.db().read(), &hash)
+        let stored = product_keys::get(self.db(), &hash)
             .await?
             .ok_or_else(not_found)?;
         let ours = match &stored.redeemed_by {
@@ -357,7 +357,7 @@ impl Commerce {
         claimant: &str,
         customer: &TenantId,
     ) -> Result<Subscription, Error> {
-        let stored = product_keys::get(self.db().read(), hash)
+        let stored = product_keys::get(self.db(), hash)
             .await?
             .ok_or_else(not_found)?;
         match (&stored.redeemed_by, &stored.subscription_id) {

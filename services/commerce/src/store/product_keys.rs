@@ -1,7 +1,13 @@
 //! The `product_keys` table: imported keys by hash, claimed exactly once.
 
-use sovra_runtime::{clock::Millis, db::Tx, writes::Writes, Error};
-use sqlx::{Any, Executor};
+use sovra_runtime::{
+    clock::Millis,
+    db::{Db, Tx},
+    lookup::Lookup,
+    writes::Writes,
+    Error,
+};
+use sqlx::Row;
 
 /// An imported key, as stored.
 #[derive(Debug, Clone)]
@@ -34,28 +40,27 @@ pub async fn insert(tx: &mut Tx, k: &StoredKey, now: Millis) -> Result<bool, Err
     Ok(r.rows_affected() == 1)
 }
 
-pub async fn get<'e, E: Executor<'e, Database = Any>>(
-    ex: E,
-    key_hash: &str,
-) -> Result<Option<StoredKey>, Error> {
-    #[allow(clippy::type_complexity)]
-    let row: Option<(String, String, String, i64, i64, Option<i64>, Option<String>, Option<String>)> =
-        sqlx::query_as(
-            "SELECT key_hash, key_hint, product_id, license_count, term_days, redeemed_at, redeemed_by, \
-             subscription_id FROM product_keys WHERE key_hash = $1",
-        )
-        .bind(key_hash)
-        .fetch_optional(ex)
-        .await?;
-    Ok(row.map(|r| StoredKey {
-        key_hash: r.0,
-        key_hint: r.1,
-        product_id: r.2,
-        license_count: r.3 as u32,
-        term_days: r.4 as u32,
-        redeemed_at: r.5,
-        redeemed_by: r.6,
-        subscription_id: r.7,
+/// The key, read outside any transaction (and on PostgreSQL together
+/// with concurrent reads of others: see [`Lookup`]).
+pub async fn get(db: &Db, key_hash: &str) -> Result<Option<StoredKey>, Error> {
+    static KEY: Lookup = Lookup::new(
+        "product_keys",
+        "key_hash, key_hint, product_id, license_count, term_days, redeemed_at, redeemed_by, \
+         subscription_id",
+        &["key_hash"],
+    );
+    let Some(r) = KEY.get(db, &[key_hash]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(StoredKey {
+        key_hash: r.try_get(0)?,
+        key_hint: r.try_get(1)?,
+        product_id: r.try_get(2)?,
+        license_count: r.try_get::<i64, _>(3)? as u32,
+        term_days: r.try_get::<i64, _>(4)? as u32,
+        redeemed_at: r.try_get(5)?,
+        redeemed_by: r.try_get(6)?,
+        subscription_id: r.try_get(7)?,
     }))
 }
 

@@ -58,8 +58,7 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
         // transaction. Nothing changes, so there is nothing to audit or to
         // remember; a retry reads the row again.
         if change == pb::DelegatedAdminChange::None {
-            let held =
-                customers::get(self.db().read(), partner.as_str(), customer.as_str()).await?;
+            let held = customers::read(self.db(), partner.as_str(), customer.as_str()).await?;
             if let Some(row) = held.filter(|h| on_record(h, &c, r.partner_of_record)) {
                 return Ok(Response::new(pb::RecordAdvisorRelationshipResponse {
                     customer: Some(customer_to_pb(&row)),

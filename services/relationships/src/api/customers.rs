@@ -105,7 +105,7 @@ impl pb::customer_service_server::CustomerService for Relationships {
         let partner = self.tenant_id("partner_tenant_id", &r.partner_tenant_id)?;
         let customer = self.tenant_id("customer_tenant_id", &r.customer_tenant_id)?;
         self.customer_list_access(&ctx, &partner).await?;
-        let row = customers::get(self.db().read(), partner.as_str(), customer.as_str())
+        let row = customers::read(self.db(), partner.as_str(), customer.as_str())
             .await?
             .ok_or_else(|| {
                 Error::not_found(

@@ -48,7 +48,7 @@ impl Relationships {
             });
         }
         if u.tenant_id != customer.as_str() {
-            let reseller = customers::get(self.db().read(), &u.tenant_id, customer.as_str())
+            let reseller = customers::read(self.db(), &u.tenant_id, customer.as_str())
                 .await?
                 .is_some_and(|row| row.reseller_request_id.is_some());
             if reseller {

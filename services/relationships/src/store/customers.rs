@@ -1,7 +1,13 @@
 //! The `partner_customers` table: one row per partner and customer with the
 //! relationships between them, and the paged, searchable customer list.
 
-use sovra_runtime::{clock::Millis, db::Tx, pool::Pool, Error};
+use sovra_runtime::{
+    clock::Millis,
+    db::{Db, Tx},
+    lookup::Lookup,
+    pool::Pool,
+    Error,
+};
 use sqlx::{any::AnyRow, Any, Executor, Row};
 
 use super::corrupt;
@@ -181,6 +187,22 @@ pub async fn set_delegated(
     Ok(())
 }
 
+/// The partner's row for the customer, read outside any transaction (and
+/// on PostgreSQL together with concurrent reads of others: see
+/// [`Lookup`]).
+pub async fn read(db: &Db, partner: &str, customer: &str) -> Result<Option<CustomerRow>, Error> {
+    static ROW: Lookup = Lookup::new(
+        "partner_customers",
+        COLUMNS,
+        &["partner_tenant_id", "customer_tenant_id"],
+    );
+    ROW.get(db, &[partner, customer])
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
+}
+
+/// The partner's row for the customer, in a transaction.
 pub async fn get<'e, E: Executor<'e, Database = Any>>(
     ex: E,
     partner: &str,
