@@ -11,9 +11,10 @@ use crate::{
     clock::Millis,
     db::{unique_violation_table, Db, Tx},
     error::Error,
+    lookup::Lookup,
     writes::Insert,
 };
-use sqlx::{Any, Executor};
+use sqlx::{Any, Executor, Row};
 
 /// A mutation's idempotency key, when the request carried a `request_id`.
 #[derive(Debug, Clone)]
@@ -82,6 +83,16 @@ impl Idempotency {
         .bind(&self.request_id)
         .fetch_optional(ex)
         .await?;
+        self.answer(row)
+    }
+
+    /// The stored result of a row read by scope and request id: this
+    /// request's answer, or INVALID_ARGUMENT when the id was used for
+    /// another request.
+    fn answer<M: Message + Default>(
+        &self,
+        row: Option<(String, String, String)>,
+    ) -> Result<Option<M>, Error> {
         let Some((method, hash, response)) = row else {
             return Ok(None);
         };
@@ -143,17 +154,27 @@ pub async fn replay<M: Message + Default>(
     }
 }
 
-/// Replays a stored result read outside any transaction: a retry is
+/// Replays a stored result read outside any transaction (on PostgreSQL
+/// together with concurrent reads of others: see [`Lookup`]): a retry is
 /// answered before the work, without taking the writer. The write
 /// transaction still checks again (two identical requests may race).
 pub async fn replay_read<M: Message + Default>(
     idem: &Option<Idempotency>,
     db: &Db,
 ) -> Result<Option<M>, Error> {
-    match idem {
-        Some(i) => i.replay(db.read()).await,
-        None => Ok(None),
-    }
+    static STORED: Lookup = Lookup::new(
+        "idempotency_keys",
+        "method, request_hash, response",
+        &["scope", "request_id"],
+    );
+    let Some(i) = idem else {
+        return Ok(None);
+    };
+    let row = match STORED.get(db, &[&i.scope, &i.request_id]).await? {
+        Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+        None => None,
+    };
+    i.answer(row)
 }
 
 /// For a mutation that skips the lookup before it writes (one statement

@@ -44,7 +44,7 @@ impl Commerce {
     pub(crate) async fn live_link(&self, kind: LinkKind, code: &str) -> Result<LinkRecord, Error> {
         self.require_feature(kind.feature(), None)?;
         let id = self.inner.links.verify("code", kind.as_str(), code)?;
-        let record = links::get(self.db().read(), &id)
+        let record = links::get(self.db(), &id)
             .await?
             .filter(|l| l.kind == kind)
             .ok_or_else(|| {

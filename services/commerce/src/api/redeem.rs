@@ -188,9 +188,7 @@ impl Commerce {
                 self.sign_up(&ctx, &link, nc, r.request_id).await?
             }
         };
-        if let Some(first) =
-            links::redemption(self.db().read(), &link.id, &customer.tenant_id).await?
-        {
+        if let Some(first) = links::redemption(self.db(), &link.id, &customer.tenant_id).await? {
             // Redeeming the same link again for the same customer answers
             // the first result, once it is durable.
             self.feed_durable().await?;
@@ -341,7 +339,7 @@ impl Commerce {
         {
             // A concurrent redemption for this customer won: answer its result.
             drop(tx);
-            let first = links::redemption(self.db().read(), &link.id, &customer.tenant_id)
+            let first = links::redemption(self.db(), &link.id, &customer.tenant_id)
                 .await?
                 .ok_or_else(|| Error::internal("redemption vanished"))?;
             self.feed_durable().await?;

@@ -3,7 +3,8 @@
 
 use sovra_runtime::{
     clock::Millis,
-    db::Tx,
+    db::{Db, Tx},
+    lookup::Lookup,
     pool::Pool,
     writes::{Insert, Value, Writes},
     Error,
@@ -121,12 +122,13 @@ pub fn row(l: &LinkRecord) -> Insert {
     .value(l.expires_at)
 }
 
-/// The link, without its redemption count (what a redemption reads).
-pub async fn get<'e, E: Executor<'e, Database = Any>>(
-    ex: E,
-    id: &str,
-) -> Result<Option<LinkRecord>, Error> {
-    get_one(ex, id, false).await
+/// The link, without its redemption count (what a redemption reads),
+/// read outside any transaction (on PostgreSQL together with concurrent
+/// reads of others: see [`Lookup`]).
+pub async fn get(db: &Db, id: &str) -> Result<Option<LinkRecord>, Error> {
+    static LINK: Lookup = Lookup::new("commerce_links", COLUMNS, &["id"]);
+    let row = LINK.get(db, &[id]).await?;
+    row.as_ref().map(|r| link_from_row(r, false)).transpose()
 }
 
 /// The link with its redemption count, for display.
@@ -185,20 +187,18 @@ pub async fn revoke(tx: &mut Tx, id: &str, now: Millis) -> Result<(), Error> {
     Ok(())
 }
 
-/// The first result of redeeming `link` for `customer`, if it was.
-pub async fn redemption<'e, E: Executor<'e, Database = Any>>(
-    ex: E,
-    link: &str,
-    customer: &str,
-) -> Result<Option<String>, Error> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT response FROM redemptions WHERE link_id = $1 AND customer_tenant_id = $2",
-    )
-    .bind(link)
-    .bind(customer)
-    .fetch_optional(ex)
-    .await?;
-    Ok(row.map(|r| r.0))
+/// The first result of redeeming `link` for `customer`, if it was (read
+/// as [`get`] is).
+pub async fn redemption(db: &Db, link: &str, customer: &str) -> Result<Option<String>, Error> {
+    static REDEMPTION: Lookup = Lookup::new(
+        "redemptions",
+        "response",
+        &["link_id", "customer_tenant_id"],
+    );
+    match REDEMPTION.get(db, &[link, customer]).await? {
+        Some(r) => Ok(Some(r.try_get(0)?)),
+        None => Ok(None),
+    }
 }
 
 /// Records the customer's redemption of the link, guarding the
