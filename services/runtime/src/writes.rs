@@ -57,16 +57,22 @@ pub(crate) fn json_string(out: &mut String, s: &str) {
     use std::fmt::Write;
     out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    // Runs of characters that need no escape are copied whole.
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            out.push_str(&s[from..i]);
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                _ => {
+                    let _ = write!(out, "\\u{b:04x}");
+                }
             }
-            c => out.push(c),
+            from = i + 1;
         }
     }
+    out.push_str(&s[from..]);
     out.push('"');
 }
 
@@ -558,5 +564,19 @@ fn bind_all(args: &mut AnyArguments<'_>, values: impl IntoIterator<Item = Value>
             Value::Int(i) => args.add(i),
             Value::MaybeInt(i) => args.add(i),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_string;
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_control_characters_only() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\nd\u{1}é€𝄞");
+        assert_eq!(out, r#""a\"b\\c\u000ad\u0001é€𝄞""#);
+        let parsed: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(parsed, "a\"b\\c\nd\u{1}é€𝄞");
     }
 }
