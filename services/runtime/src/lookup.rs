@@ -38,13 +38,15 @@ impl Lookup {
     fn sql(&self) -> &(String, String) {
         self.sql.get_or_init(|| {
             let (table, columns) = (self.table, self.columns);
-            let one = self
-                .keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| format!("{k} = ${}", i + 1))
-                .collect::<Vec<_>>()
-                .join(" AND ");
+            // One condition per key column, given its number (from 1) and name.
+            let keyed = |cond: &dyn Fn(usize, &str) -> String| {
+                let conds: Vec<String> = (self.keys.iter().enumerate())
+                    .map(|(i, k)| cond(i + 1, k))
+                    .collect();
+                conds.join(" AND ")
+            };
+            let one = keyed(&|i, k| format!("{k} = ${i}"));
+            let joined = keyed(&|i, k| format!("t.{k} = k.k{i}"));
             let prefixed = columns
                 .split(',')
                 .map(|c| format!("t.{}", c.trim()))
@@ -53,13 +55,6 @@ impl Lookup {
             let typed = (1..=self.keys.len())
                 .map(|i| format!(", k{i} text"))
                 .collect::<String>();
-            let joined = self
-                .keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| format!("t.{k} = k.k{}", i + 1))
-                .collect::<Vec<_>>()
-                .join(" AND ");
             (
                 format!("SELECT {columns} FROM {table} WHERE {one}"),
                 format!(

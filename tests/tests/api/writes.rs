@@ -48,6 +48,21 @@ const TAKE_BATCHED: &str =
     "UPDATE tickets t SET taken_by = i.g2 FROM input i WHERE t.id = i.g1 AND t.taken_by IS NULL \
      RETURNING i.n";
 
+/// On PostgreSQL, at least one statement ran calls together (`stats`:
+/// batches and the calls in them); SQLite runs each alone.
+fn ran_together(backend: Backend, stats: Option<(u64, u64)>) {
+    match (backend, stats) {
+        (Backend::Postgres, Some((batches, calls))) => {
+            assert!(
+                batches >= 1 && calls >= 2,
+                "{batches} batches of {calls} calls"
+            );
+        }
+        (Backend::Sqlite, None) => {}
+        (b, stats) => panic!("{b:?}: batches {stats:?}"),
+    }
+}
+
 async fn things(db: &Db) -> Vec<(String, i64, Option<i64>)> {
     sqlx::query_as("SELECT id, n, at FROM things ORDER BY id")
         .fetch_all(db.read())
@@ -278,16 +293,7 @@ async fn concurrent_guarded_writes_are_batched_and_each_told_its_own_outcome(bac
         assert_eq!(&by, id);
     }
 
-    match (backend, db.write_batches()) {
-        (Backend::Postgres, Some((batches, calls))) => {
-            assert!(
-                batches >= 1 && calls >= 2,
-                "{batches} batches of {calls} calls"
-            );
-        }
-        (Backend::Sqlite, None) => {}
-        (b, stats) => panic!("{b:?}: batches {stats:?}"),
-    }
+    ran_together(backend, db.write_batches());
     db.close().await;
 }
 
@@ -319,15 +325,6 @@ async fn concurrent_lookups_are_batched_and_each_gets_its_own_row(backend: Backe
             None => assert_eq!(i % 2, 1, "ticket {i} exists"),
         }
     }
-    match (backend, db.read_batches()) {
-        (Backend::Postgres, Some((batches, calls))) => {
-            assert!(
-                batches >= 1 && calls >= 2,
-                "{batches} batches of {calls} reads"
-            );
-        }
-        (Backend::Sqlite, None) => {}
-        (b, stats) => panic!("{b:?}: batches {stats:?}"),
-    }
+    ran_together(backend, db.read_batches());
     db.close().await;
 }
