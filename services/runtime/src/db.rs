@@ -380,41 +380,51 @@ impl Db {
             pools.push(("write", &self.write));
         }
         let mut out = Vec::new();
-        if let Some((groups, transactions)) = self.commit_groups() {
-            let l = [("service", service)];
-            out.push(Gauge::new(
-                "sovra_db_commit_groups",
-                "SQLite group commits (one fsync each) since start, by service",
-                &l,
-                groups as f64,
-            ));
-            out.push(Gauge::new(
-                "sovra_db_grouped_transactions",
-                "SQLite write transactions committed in those groups since start, by service",
-                &l,
-                transactions as f64,
-            ));
+        // Counts since start of groups and of the calls they held.
+        let mut counts = |names: [(&'static str, &'static str); 2],
+                          labels: &[(&'static str, &str)],
+                          (groups, members): (u64, u64)| {
+            for ((name, help), n) in names.into_iter().zip([groups, members]) {
+                out.push(Gauge::new(name, help, labels, n as f64));
+            }
+        };
+        if let Some(stats) = self.commit_groups() {
+            counts(
+                [
+                    (
+                        "sovra_db_commit_groups",
+                        "SQLite group commits (one fsync each) since start, by service",
+                    ),
+                    (
+                        "sovra_db_grouped_transactions",
+                        "SQLite write transactions committed in those groups since start, by service",
+                    ),
+                ],
+                &[("service", service)],
+                stats,
+            );
         }
         for (kind, stats) in [
             ("write", self.write_batches()),
             ("read", self.read_batches()),
         ] {
-            let Some((batches, calls)) = stats else {
+            let Some(stats) = stats else {
                 continue;
             };
-            let l = [("service", service), ("kind", kind)];
-            out.push(Gauge::new(
-                "sovra_db_batches",
-                "PostgreSQL statements that ran concurrent calls together since start (guarded writes, point reads), by service and kind",
-                &l,
-                batches as f64,
-            ));
-            out.push(Gauge::new(
-                "sovra_db_batched_calls",
-                "Calls run in those statements since start, by service and kind",
-                &l,
-                calls as f64,
-            ));
+            counts(
+                [
+                    (
+                        "sovra_db_batches",
+                        "PostgreSQL statements that ran concurrent calls together since start (guarded writes, point reads), by service and kind",
+                    ),
+                    (
+                        "sovra_db_batched_calls",
+                        "Calls run in those statements since start, by service and kind",
+                    ),
+                ],
+                &[("service", service), ("kind", kind)],
+                stats,
+            );
         }
         for (pool, p) in pools {
             let (size, in_use) = (p.open() as f64, p.in_use() as f64);

@@ -287,15 +287,19 @@ impl Writes {
     /// Batched with concurrent calls of the same shape when it has a
     /// batch guard ([`Writes::batched`]).
     pub async fn commit_unflushed(self, db: &Db) -> Result<bool, sqlx::Error> {
-        match (db.write_batcher(), self.batch_shape()) {
-            (Some(b), Some(shape)) => {
+        // The shape is worked out only where there is a batcher (PostgreSQL).
+        let batch = db
+            .write_batcher()
+            .and_then(|b| Some((b, self.batch_shape()?)));
+        match batch {
+            Some((b, shape)) => {
                 b.run(Batched {
                     writes: self,
                     shape,
                 })
                 .await
             }
-            _ => self.commit_on(db, db.write_unflushed()).await,
+            None => self.commit_on(db, db.write_unflushed()).await,
         }
     }
 
