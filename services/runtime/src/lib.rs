@@ -16,6 +16,7 @@ pub mod group_commit;
 pub mod hex;
 pub mod idempotency;
 pub mod ids;
+pub mod json_rows;
 pub mod links;
 pub mod lookup;
 pub mod metrics;

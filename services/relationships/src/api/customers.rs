@@ -77,7 +77,7 @@ impl pb::customer_service_server::CustomerService for Relationships {
         };
         self.customer_list_access(&ctx, &partner).await?;
         let page = customers::page(
-            self.db().read(),
+            self.db(),
             &CustomerQuery {
                 partner: partner.as_str(),
                 query,
