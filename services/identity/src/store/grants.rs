@@ -30,7 +30,9 @@ pub struct Applied {
     pub state: GrantState,
 }
 
-/// Upserts the grant unless the stored version is newer or equal.
+/// Upserts the grant unless the stored version is newer or equal. An
+/// applied version answers from the upsert itself; only a refused one
+/// reads what is stored (one statement fewer for every grant change).
 pub async fn apply(
     tx: &mut Tx,
     partner: &str,
@@ -40,12 +42,13 @@ pub async fn apply(
     version: i64,
     now: Millis,
 ) -> Result<Applied, Error> {
-    let r = sqlx::query(
+    let upserted: Option<(String, i64)> = sqlx::query_as(
         "INSERT INTO delegated_grants (customer_tenant_id, partner_tenant_id, relationship_id, state, version, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (customer_tenant_id, partner_tenant_id) DO UPDATE SET relationship_id = excluded.relationship_id, \
          state = excluded.state, version = excluded.version, updated_at = excluded.updated_at \
-         WHERE delegated_grants.version < excluded.version",
+         WHERE delegated_grants.version < excluded.version \
+         RETURNING state, version",
     )
     .bind(customer)
     .bind(partner)
@@ -53,17 +56,23 @@ pub async fn apply(
     .bind(state.as_str())
     .bind(version)
     .bind(now)
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
-    let (stored_state, stored_version): (String, i64) = sqlx::query_as(
-        "SELECT state, version FROM delegated_grants WHERE customer_tenant_id = $1 AND partner_tenant_id = $2",
-    )
-    .bind(customer)
-    .bind(partner)
-    .fetch_one(&mut **tx)
-    .await?;
+    let applied = upserted.is_some();
+    let (stored_state, stored_version) = match upserted {
+        Some(row) => row,
+        None => {
+            sqlx::query_as(
+                "SELECT state, version FROM delegated_grants WHERE customer_tenant_id = $1 AND partner_tenant_id = $2",
+            )
+            .bind(customer)
+            .bind(partner)
+            .fetch_one(&mut **tx)
+            .await?
+        }
+    };
     Ok(Applied {
-        applied: r.rows_affected() == 1,
+        applied,
         version: stored_version,
         state: GrantState::from_stored(&stored_state).ok_or_else(|| {
             Error::internal(format!(
