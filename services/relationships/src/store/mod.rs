@@ -8,11 +8,18 @@ pub mod service_requests;
 
 use sovra_runtime::{db::Migration, Error};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "relationships",
-    sql: include_str!("../../migrations/0001_relationships.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "relationships",
+        sql: include_str!("../../migrations/0001_relationships.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "pending_offer_index",
+        sql: include_str!("../../migrations/0002_pending_offer_index.sql"),
+    },
+];
 
 /// A stored name that no longer parses: the row is corrupt.
 pub(crate) fn corrupt(table: &str, id: &str, column: &str) -> Error {
