@@ -131,6 +131,7 @@ fn from_stored(s: Stored) -> Result<CustomerRow, Error> {
     })
 }
 
+/// Makes sure the pair has a row, refreshing the customer's name and domain.
 pub async fn touch(
     tx: &mut Tx,
     partner: &str,
