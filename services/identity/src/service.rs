@@ -11,6 +11,7 @@ use sovra_runtime::{
     db::{Db, Tx},
     features::Features,
     idempotency::Idempotency,
+    writes::Writes,
     Error,
 };
 pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
@@ -279,6 +280,23 @@ impl Identity {
     ) -> Result<(), Error> {
         let done = audit::commit(tx, self.now(), ctx, change, request_id, idem, resp).await;
         // (&str, &str) hashes as the (String, String) key reads do.
+        self.inner.grant_generations.of(&grant).bump();
+        done
+    }
+
+    /// Commits `w`, guarded writes that changed the grant of `partner` in
+    /// `customer` and nothing else a decision reads (as in
+    /// [`Identity::commit_grant`]). False when the guard refused: nothing
+    /// was written.
+    pub(crate) async fn commit_grant_writes(
+        &self,
+        grant: (&str, &str),
+        w: Writes,
+    ) -> Result<bool, Error> {
+        let done = w
+            .commit(self.db())
+            .await
+            .map_err(sovra_runtime::idempotency::write_error);
         self.inner.grant_generations.of(&grant).bump();
         done
     }

@@ -466,7 +466,10 @@ impl Db {
     /// [`Db::write`], which began after this one returned, has committed:
     /// PostgreSQL writes one log in order, so that commit's flush makes this
     /// one durable too. The feed sequencer's pass is such a commit (see
-    /// commerce's `feed_durable`). SQLite's commits always flush (its group
+    /// commerce's `feed_durable`). Or for a write whose loss in a crash is
+    /// harmless (the removal of a grant-outbox row identity acknowledged:
+    /// lost, the change is delivered once more and changes nothing).
+    /// SQLite's commits always flush (its group
     /// commit shares the fsync instead): there this is [`Db::write`].
     pub fn write_unflushed(&self) -> &Pool {
         self.unflushed.as_ref().unwrap_or(&self.write)

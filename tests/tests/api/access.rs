@@ -125,6 +125,81 @@ async fn only_services_push_delegated_grants(b: Backend) {
 }
 backend_test!(only_services_push_delegated_grants);
 
+/// A newer version is applied in one statement without looking up its
+/// request id first; everything else falls back to the transaction that
+/// does. Both must answer a repeat the same and write nothing twice.
+async fn a_grant_delivered_again_answers_as_the_first_time_and_writes_nothing(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let p = app.tenant(TenantKind::Partner, "Partner").await;
+    let c = app.tenant(TenantKind::Customer, "Customer").await;
+    let svc = app.service_token();
+    let push = |request_id: &str, state: DelegatedGrantState, version: i64| {
+        req(
+            &svc,
+            ApplyDelegatedGrantRequest {
+                request_id: request_id.into(),
+                partner_tenant_id: p.id.clone(),
+                customer_tenant_id: c.id.clone(),
+                relationship_id: "rel-1".into(),
+                state: state as i32,
+                version,
+            },
+        )
+    };
+    let apply = |r| async { app.access().apply_delegated_grant(r).await };
+    let audited = || {
+        app.count(
+            "SELECT COUNT(*) FROM audit_events WHERE action LIKE 'identity.delegated_grant.%'",
+        )
+    };
+    let first = apply(push("g1", DelegatedGrantState::Active, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.applied);
+    assert_eq!(first.current_version, 1);
+    // The same delivery again: the stored answer, no second audit record.
+    let again = apply(push("g1", DelegatedGrantState::Active, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    assert_eq!(audited().await, 1);
+
+    let removed = apply(push("g2", DelegatedGrantState::Removed, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(removed.applied);
+    // A late repeat of version 1 answers what it answered then and changes nothing.
+    let late = apply(push("g1", DelegatedGrantState::Active, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(late, first);
+    // A newer version under a used request id is refused, and writes nothing.
+    expect_invalid(
+        apply(push("g2", DelegatedGrantState::Active, 3)).await,
+        "request_id",
+    );
+    assert_eq!(
+        app.count("SELECT version FROM delegated_grants").await,
+        2,
+        "the refused push changed the grant"
+    );
+    assert_eq!(audited().await, 2);
+    // An older version under a new request id: not applied, what is stored answered.
+    let stale = apply(push("g3", DelegatedGrantState::Active, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stale.applied);
+    assert_eq!(stale.current_version, 2);
+    assert_eq!(stale.current_state, DelegatedGrantState::Removed as i32);
+    assert_eq!(audited().await, 2);
+}
+backend_test!(a_grant_delivered_again_answers_as_the_first_time_and_writes_nothing);
+
 async fn delegated_full_and_limited_act_in_the_customer_tenant_until_revoked(b: Backend) {
     let app = TestApp::spawn(b).await;
     let p = app.tenant(TenantKind::Partner, "Partner").await;

@@ -3,8 +3,9 @@
 
 use sovra_proto::identity::v1 as pb;
 use sovra_runtime::{
+    audit,
     auth::Caller,
-    idempotency::{replay, Idempotency},
+    idempotency::{after_commit_failed, replay, Idempotency},
     Error,
 };
 use tonic::{Request, Response, Status};
@@ -101,41 +102,74 @@ impl pb::access_service_server::AccessService for Identity {
             )
             .into());
         }
-        let mut tx = self.db().begin().await?;
-        if let Some(prev) = replay(&idem, &mut tx).await? {
-            return Ok(Response::new(prev));
-        }
-        let applied = grants::apply(
-            &mut tx,
-            partner.as_str(),
-            customer.as_str(),
-            &relationship_id,
+        let now = self.now();
+        let pushed = grants::Pushed {
+            partner: partner.as_str(),
+            customer: customer.as_str(),
+            relationship_id: &relationship_id,
             state,
-            r.version,
-            self.now(),
-        )
-        .await?;
-        let resp = pb::ApplyDelegatedGrantResponse {
-            applied: applied.applied,
-            current_version: applied.version,
-            current_state: grant_state_to_pb(applied.state),
+            version: r.version,
+            now,
         };
         let action = format!(
             "identity.delegated_grant.{}",
             state.as_str().to_ascii_lowercase()
         );
-        // An older or equal version changed nothing, so nothing is audited.
-        let change = applied.applied.then(|| Change {
+        // An older or equal version changes nothing, so nothing is audited.
+        let change = || Change {
             tenant_id: customer.as_str(),
             delegated: false,
             action: &action,
             target: format!("delegated_grants/{partner}"),
-        });
+        };
+        // A delivery is almost always a newer version, applied as one
+        // statement with its audit record and stored answer, without
+        // looking up the request id first: a repeat, an older version or a
+        // reused request id finds the upsert refused and takes the
+        // transaction below, which replays or answers what is stored.
+        let newer = pb::ApplyDelegatedGrantResponse {
+            applied: true,
+            current_version: r.version,
+            current_state: grant_state_to_pb(state),
+        };
+        let mut w = grants::apply_guard(pushed);
+        audit::add(
+            &mut w,
+            now,
+            &ctx,
+            Some(change()),
+            &r.request_id,
+            &idem,
+            &newer,
+        );
+        match self
+            .commit_grant_writes((partner.as_str(), customer.as_str()), w)
+            .await
+        {
+            Ok(true) => return Ok(Response::new(newer)),
+            Ok(false) => {}
+            Err(e) => {
+                return Ok(Response::new(
+                    after_commit_failed(&idem, self.db(), e).await?,
+                ))
+            }
+        }
+
+        let mut tx = self.db().begin().await?;
+        if let Some(prev) = replay(&idem, &mut tx).await? {
+            return Ok(Response::new(prev));
+        }
+        let applied = grants::apply(&mut tx, pushed).await?;
+        let resp = pb::ApplyDelegatedGrantResponse {
+            applied: applied.applied,
+            current_version: applied.version,
+            current_state: grant_state_to_pb(applied.state),
+        };
         self.commit_grant(
             (partner.as_str(), customer.as_str()),
             tx,
             &ctx,
-            change,
+            applied.applied.then(change),
             &r.request_id,
             &idem,
             &resp,

@@ -22,7 +22,7 @@ use crate::{
         customers,
         delegated::{self, Relationship, Side},
         links,
-        outbox::{self, GrantChange},
+        outbox::GrantChange,
     },
 };
 
@@ -42,29 +42,7 @@ impl Relationships {
             DelegatedState::Active => rel.activated_at = Some(now),
             _ => rel.ended_at = Some(now),
         }
-        delegated::update(tx, rel).await?;
-        customers::set_delegated(
-            tx,
-            &rel.partner_tenant_id,
-            &rel.customer_tenant_id,
-            state,
-            &rel.id,
-            now,
-        )
-        .await?;
-        let version =
-            delegated::next_grant_version(tx, &rel.customer_tenant_id, &rel.partner_tenant_id)
-                .await?;
-        outbox::enqueue(
-            tx,
-            &rel.partner_tenant_id,
-            &rel.customer_tenant_id,
-            &rel.id,
-            state,
-            version,
-            self.outbox().now(),
-        )
-        .await
+        delegated::transition(tx, rel, self.outbox().now()).await
     }
 
     /// Makes `partner` the customer's active delegated administrator in

@@ -206,7 +206,7 @@ pub async fn set_advisor(
     Ok(())
 }
 
-pub async fn set_delegated(
+pub(super) async fn set_delegated(
     tx: &mut Tx,
     partner: &str,
     customer: &str,

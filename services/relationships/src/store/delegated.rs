@@ -1,10 +1,17 @@
 //! The `delegated_admin_relationships` table, the per-customer lock that
 //! serialises changes to it, and the grant versions identity expects.
 
-use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sovra_runtime::{
+    clock::Millis,
+    db::{Backend, Tx},
+    Error,
+};
 use sqlx::{any::AnyRow, Any, Executor, Row};
 
-use super::corrupt;
+use super::{
+    corrupt, customers,
+    outbox::{self, GrantChange},
+};
 use crate::domain::states::DelegatedState;
 
 #[derive(Debug, Clone)]
@@ -78,7 +85,7 @@ pub async fn lock_customer(tx: &mut Tx, customer: &str) -> Result<(), Error> {
 }
 
 /// The next grant version for the pair (1 for the first change).
-pub async fn next_grant_version(tx: &mut Tx, customer: &str, partner: &str) -> Result<i64, Error> {
+async fn next_grant_version(tx: &mut Tx, customer: &str, partner: &str) -> Result<i64, Error> {
     let (v,): (i64,) = sqlx::query_as(
         "INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) VALUES ($1, $2, 1) \
          ON CONFLICT (customer_tenant_id, partner_tenant_id) DO UPDATE SET version = grant_versions.version + 1 \
@@ -89,6 +96,46 @@ pub async fn next_grant_version(tx: &mut Tx, customer: &str, partner: &str) -> R
     .fetch_one(&mut **tx)
     .await?;
     Ok(v)
+}
+
+/// Records `rel`'s new state and queues its grant change at `queued_at`,
+/// in `tx`: the relationship row, the partner's customer row, the pair's
+/// next grant version and the outbox row. On PostgreSQL that is one
+/// statement (a grant change is several round trips fewer); on SQLite, with
+/// no round trips to save, four.
+pub async fn transition(
+    tx: &mut Tx,
+    rel: &Relationship,
+    queued_at: Millis,
+) -> Result<GrantChange, Error> {
+    let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
+    if tx.backend() == Backend::Postgres {
+        let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
+        let (version,): (i64,) = sqlx::query_as(outbox::TRANSITION)
+            .bind(&rel.id)
+            .bind(rel.state.as_str())
+            .bind(&rel.reassigned_to)
+            .bind(rel.version)
+            .bind(rel.activated_at)
+            .bind(rel.ended_at)
+            .bind(rel.updated_at)
+            .bind(partner)
+            .bind(customer)
+            .bind(queued_at)
+            .bind(&change.id)
+            .bind(queued_at + outbox::INLINE_MS)
+            .fetch_one(&mut **tx)
+            .await?;
+        change.version = version;
+        return Ok(change);
+    }
+    update(tx, rel).await?;
+    customers::set_delegated(tx, partner, customer, rel.state, &rel.id, rel.updated_at).await?;
+    let version = next_grant_version(tx, customer, partner).await?;
+    outbox::enqueue(
+        tx, partner, customer, &rel.id, rel.state, version, queued_at,
+    )
+    .await
 }
 
 pub async fn active_for_customer(
@@ -161,7 +208,7 @@ pub async fn insert(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
 }
 
 /// Writes back a changed relationship (state, times, reassignment, version).
-pub async fn update(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
+async fn update(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
     sqlx::query(
         "UPDATE delegated_admin_relationships SET state = $2, reassigned_to = $3, version = $4, \
          activated_at = $5, ended_at = $6, updated_at = $7 WHERE id = $1",
