@@ -76,6 +76,21 @@ pub(crate) fn json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// `items` as a JSON array of strings: a list bound as one value (on
+/// PostgreSQL, read back with `json_array_elements_text($n::json)`).
+pub fn json_text_array(items: &[&str]) -> String {
+    let mut out = String::with_capacity(2 + items.iter().map(|s| s.len() + 3).sum::<usize>());
+    out.push('[');
+    for (k, s) in items.iter().enumerate() {
+        if k > 0 {
+            out.push(',');
+        }
+        json_string(&mut out, s);
+    }
+    out.push(']');
+    out
+}
+
 impl From<String> for Value {
     fn from(v: String) -> Self {
         Value::Text(v)

@@ -955,3 +955,100 @@ async fn an_offers_redemption_count_counts_each_customer_once(backend: Backend) 
     assert_eq!(app.com_count("SELECT COUNT(*) FROM redemptions").await, 4);
 }
 backend_test!(an_offers_redemption_count_counts_each_customer_once);
+
+/// Concurrent redemptions of one offer (on PostgreSQL written together, as
+/// one statement), among them twins: the same customer under several
+/// request ids at once. Each customer buys once, and every twin answers
+/// that one purchase.
+async fn concurrent_redemptions_of_an_offer_each_buy_once(backend: Backend) {
+    const CUSTOMERS: usize = 6;
+    const TWINS: usize = 4;
+    let app = Arc::new(TestApp::spawn(backend).await);
+    let partner = app.partner("Concurrent Partner", ADVISOR).await;
+    let agent = app.agent(&partner).await;
+    let offer = app
+        .offers()
+        .create_purchase_offer(req(
+            &agent,
+            com::CreatePurchaseOfferRequest {
+                partner_tenant_id: partner.id.clone(),
+                lines: vec![com::OfferLine {
+                    product_id: "office-business".into(),
+                    license_count: 2,
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .offer
+        .unwrap();
+    let mut customers = Vec::new();
+    for n in 0..CUSTOMERS {
+        customers.push(
+            app.tenant(TenantKind::Customer, &format!("Concurrent Buyer {n}"))
+                .await,
+        );
+    }
+    let mut calls = Vec::new();
+    for twin in 0..TWINS {
+        for (n, customer) in customers.iter().enumerate() {
+            let (app, code, customer) = (app.clone(), offer.code.clone(), customer.clone());
+            calls.push(tokio::spawn(async move {
+                let r = req(
+                    &customer.admin_token,
+                    com::RedeemPurchaseOfferRequest {
+                        request_id: format!("buy-{n}-{twin}"),
+                        code,
+                        customer: existing(&customer.id),
+                        ..Default::default()
+                    },
+                );
+                let got = app.offers().redeem_purchase_offer(r).await;
+                (n, got.unwrap().into_inner().redemption.unwrap())
+            }));
+        }
+    }
+    let mut answers = vec![Vec::new(); CUSTOMERS];
+    for c in calls {
+        let (n, redemption) = c.await.unwrap();
+        answers[n].push(redemption);
+    }
+    for (n, twins) in answers.iter().enumerate() {
+        assert_eq!(twins.len(), TWINS);
+        let ids = |r: &com::Redemption| {
+            r.subscriptions
+                .iter()
+                .map(|s| s.id.clone())
+                .collect::<Vec<_>>()
+        };
+        let first = ids(&twins[0]);
+        assert_eq!(first.len(), 1, "customer {n}: one subscription");
+        for t in twins {
+            assert_eq!(t.customer_tenant_id, customers[n].id);
+            assert_eq!(
+                ids(t),
+                first,
+                "customer {n}: every twin answers the one purchase"
+            );
+        }
+        // The answered subscription is the one stored.
+        let stored = app
+            .com_count(&format!(
+                "SELECT COUNT(*) FROM subscriptions WHERE id = '{}' AND customer_tenant_id = '{}'",
+                first[0], customers[n].id
+            ))
+            .await;
+        assert_eq!(stored, 1, "customer {n}: the answered subscription exists");
+    }
+    assert_eq!(
+        app.com_count("SELECT COUNT(*) FROM redemptions").await,
+        CUSTOMERS as i64
+    );
+    assert_eq!(
+        app.com_count("SELECT COUNT(*) FROM subscriptions").await,
+        CUSTOMERS as i64
+    );
+}
+backend_test!(concurrent_redemptions_of_an_offer_each_buy_once);

@@ -279,6 +279,8 @@ impl Commerce {
         let resp = answer(&subs);
         let products: Vec<&str> = lines.iter().map(|l| l.product_id.as_str()).collect();
         let mut w = links::redemption_guard(
+            self.db().backend(),
+            link.kind,
             &link.id,
             &customer.tenant_id,
             &encode(&resp),
@@ -337,11 +339,20 @@ impl Commerce {
         if !links::record_redemption(&mut tx, &link.id, &customer.tenant_id, &encode(&resp), now)
             .await?
         {
-            // A concurrent redemption for this customer won: answer its result.
+            // A concurrent redemption for this customer won: answer its
+            // result. On SQLite it may still wait in the group commit this
+            // transaction saw it in: an empty commit after it returns once
+            // that group is done, and the read after it sees the outcome.
             drop(tx);
+            self.db().begin().await?.commit().await?;
             let first = links::redemption(self.db(), &link.id, &customer.tenant_id)
                 .await?
-                .ok_or_else(|| Error::internal("redemption vanished"))?;
+                .ok_or_else(|| {
+                    Error::aborted(
+                        "REDEMPTION_IN_FLIGHT",
+                        "a redemption of this link for this customer was being made at the same time and did not complete: retry",
+                    )
+                })?;
             self.feed_durable().await?;
             return decode(&first);
         }

@@ -3,10 +3,10 @@
 
 use sovra_runtime::{
     clock::Millis,
-    db::{Db, Tx},
+    db::{Backend, Db, Tx},
     lookup::Lookup,
     pool::Pool,
-    writes::{Insert, Value, Writes},
+    writes::{json_text_array, Insert, Value, Writes},
     Error,
 };
 use sqlx::{any::AnyRow, Any, Executor, Row};
@@ -206,19 +206,28 @@ pub async fn redemption(db: &Db, link: &str, customer: &str) -> Result<Option<St
 /// yet, and has never had a trial of any of `products` (such a redemption
 /// converts the trial or is refused: see the full path in `api::redeem`).
 pub fn redemption_guard(
+    backend: Backend,
+    kind: LinkKind,
     link: &str,
     customer: &str,
     response: &str,
     now: Millis,
     products: &[&str],
 ) -> Writes {
-    let listed = (5..5 + products.len())
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     let mut values: Vec<Value> = vec![link.into(), customer.into(), response.into(), now.into()];
-    values.extend(products.iter().map(|p| Value::from(*p)));
-    Writes::guarded(
+    let listed = if backend == Backend::Postgres {
+        // The products as one value: every redemption of an offer has the
+        // same shape, so concurrent ones can go as one statement.
+        values.push(json_text_array(products).into());
+        "SELECT json_array_elements_text($5::json)".to_owned()
+    } else {
+        values.extend(products.iter().map(|p| Value::from(*p)));
+        (5..5 + products.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let w = Writes::guarded(
         format!(
             "INSERT INTO redemptions (link_id, customer_tenant_id, response, created_at) \
              SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM subscriptions \
@@ -226,7 +235,24 @@ pub fn redemption_guard(
              ON CONFLICT (link_id, customer_tenant_id) DO NOTHING RETURNING link_id"
         ),
         values,
-    )
+    );
+    match kind {
+        // Only offers: a trial redemption writes a trial, which the guard of
+        // a later one in the same statement would not see. An offer's writes
+        // change no other redemption's guard but a twin's (the same link and
+        // customer): the redemption stored is one twin's, known by its
+        // answer, and only that twin is told it wrote.
+        LinkKind::Offer => w.batched(
+            "INSERT INTO redemptions (link_id, customer_tenant_id, response, created_at) \
+             SELECT i.g1, i.g2, i.g3, i.g4 FROM input i WHERE NOT EXISTS (SELECT 1 FROM subscriptions s \
+             WHERE s.customer_tenant_id = i.g2 AND s.source = 'TRIAL_INVITATION' \
+             AND s.product_id IN (SELECT json_array_elements_text(i.g5::json))) \
+             ON CONFLICT (link_id, customer_tenant_id) DO NOTHING \
+             RETURNING (SELECT k.n FROM input k WHERE k.g1 = redemptions.link_id \
+             AND k.g2 = redemptions.customer_tenant_id AND k.g3 = redemptions.response LIMIT 1) AS n",
+        ),
+        LinkKind::Trial => w,
+    }
 }
 
 /// Records a redemption. False when this link and

@@ -4,7 +4,7 @@
 use sovra_proto::{identity::v1 as idpb, relationships::v1 as pb};
 use sovra_runtime::{
     auth::Ctx,
-    idempotency::{replay, Idempotency},
+    idempotency::{after_commit_failed, replay, Idempotency},
     Error,
 };
 use tonic::{Request, Response};
@@ -157,8 +157,17 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
                 }
             ),
         };
-        self.commit(tx, &ctx, Some(audit), &r.request_id, &idem, &resp)
-            .await?;
+        if let Err(e) = self
+            .commit(tx, &ctx, Some(audit), &r.request_id, &idem, &resp)
+            .await
+        {
+            // Commerce sends concurrent redemptions for one link and customer
+            // under one request id: when a twin committed first, its answer
+            // is this one's too.
+            return Ok(Response::new(
+                after_commit_failed(&idem, self.db(), e).await?,
+            ));
+        }
         if !grants.is_empty() {
             // Accepted with a trial invitation or purchase offer.
             sovra_runtime::metrics::business::delegated_admin("accepted");
