@@ -32,22 +32,23 @@ pub enum Value {
     Text(String),
     Int(i64),
     MaybeInt(Option<i64>),
+    MaybeText(Option<String>),
 }
 
 impl Value {
     fn is_text(&self) -> bool {
-        matches!(self, Value::Text(_))
+        matches!(self, Value::Text(_) | Value::MaybeText(_))
     }
 
     /// Appends this value as JSON.
     fn write_json(&self, out: &mut String) {
         use std::fmt::Write;
         match self {
-            Value::Text(s) => json_string(out, s),
+            Value::Text(s) | Value::MaybeText(Some(s)) => json_string(out, s),
             Value::Int(i) | Value::MaybeInt(Some(i)) => {
                 let _ = write!(out, "{i}");
             }
-            Value::MaybeInt(None) => out.push_str("null"),
+            Value::MaybeInt(None) | Value::MaybeText(None) => out.push_str("null"),
         }
     }
 }
@@ -118,6 +119,12 @@ impl From<i64> for Value {
 impl From<Option<i64>> for Value {
     fn from(v: Option<i64>) -> Self {
         Value::MaybeInt(v)
+    }
+}
+
+impl From<&Option<String>> for Value {
+    fn from(v: &Option<String>) -> Self {
+        Value::MaybeText(v.clone())
     }
 }
 
@@ -582,6 +589,7 @@ fn bind_all(args: &mut AnyArguments<'_>, values: impl IntoIterator<Item = Value>
             Value::Text(s) => args.add(s),
             Value::Int(i) => args.add(i),
             Value::MaybeInt(i) => args.add(i),
+            Value::MaybeText(s) => args.add(s),
         };
     }
 }

@@ -522,3 +522,60 @@ async fn grant_changes_made_while_identity_is_unreachable_arrive_in_order_once_i
     );
 }
 backend_test!(grant_changes_made_while_identity_is_unreachable_arrive_in_order_once_it_is_back);
+
+/// An offer is written without looking up its request id first (one
+/// statement on PostgreSQL); the id's uniqueness still makes a retry a
+/// replay, and a different request under it a refusal that writes nothing.
+async fn a_retried_delegated_admin_offer_answers_the_first_offer(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let p = app
+        .partner("Fabrikam", &[PartnerAuthorization::DelegatedAdmin])
+        .await;
+    let customer = app.tenant(TenantKind::Customer, "Contoso").await;
+    let create = |customer_tenant_id: &str| {
+        let r = req(
+            &p.admin_token,
+            rel::CreateDelegatedAdminOfferRequest {
+                request_id: "offer-1".into(),
+                partner_tenant_id: p.id.clone(),
+                customer_tenant_id: customer_tenant_id.into(),
+            },
+        );
+        let mut client = app.delegated();
+        async move { client.create_delegated_admin_offer(r).await }
+    };
+    let first = create(&customer.id)
+        .await
+        .unwrap()
+        .into_inner()
+        .offer
+        .unwrap();
+    let again = create(&customer.id)
+        .await
+        .unwrap()
+        .into_inner()
+        .offer
+        .unwrap();
+    assert_eq!(again, first);
+    let footprint = || async {
+        (
+            app.rel_count("SELECT COUNT(*) FROM links").await,
+            app.rel_count(
+                "SELECT COUNT(*) FROM delegated_admin_relationships WHERE state = 'PENDING'",
+            )
+            .await,
+            app.rel_count(
+                "SELECT COUNT(*) FROM audit_events WHERE action = 'relationships.delegated_admin_offer.create'",
+            )
+            .await,
+        )
+    };
+    assert_eq!(footprint().await, (1, 1, 1));
+    // The same request id for another request (an offer to anyone).
+    expect_invalid(create("").await, "request_id");
+    assert_eq!(footprint().await, (1, 1, 1));
+    // The offer works: the customer accepts it.
+    let accepted = app.accept(&customer, &first.code, false).await.unwrap();
+    assert_eq!(accepted.state, rel::DelegatedAdminState::Active as i32);
+}
+backend_test!(a_retried_delegated_admin_offer_answers_the_first_offer);

@@ -4,13 +4,16 @@
 
 use sovra_proto::{identity::v1 as idpb, relationships::v1 as pb};
 use sovra_runtime::{
+    audit,
     auth::{trace_id, Ctx},
     clock::{to_timestamp, Millis},
     db::Tx,
     features::Feature,
-    idempotency::{replay, Idempotency},
+    idempotency::{self, after_commit_failed, replay, Idempotency},
     ids::TenantId,
-    paging, Error,
+    paging,
+    writes::Writes,
+    Error,
 };
 use tonic::{Request, Response};
 
@@ -187,18 +190,20 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         self.inner.limits.check(&partner, customer.as_ref())?;
         let (link, code) =
             self.new_link(&ctx, LinkKind::DelegatedAdmin, &partner, customer.as_ref());
-        let mut tx = self.db().begin().await?;
-        if let Some(prev) = replay(&idem, &mut tx).await? {
-            return Ok(Response::new(prev));
-        }
-        links::insert(&mut tx, &link).await?;
+        // No lookup of an earlier answer first: a retry writes a link with a
+        // fresh id, and the request id's uniqueness turns it into a replay
+        // (see `after_commit_failed`). The link, the PENDING relationship,
+        // the audit record and the answer are one statement on PostgreSQL.
+        let mut w = Writes::new();
+        w.insert(links::row(&link));
         if let Some(c) = &customer {
             // An offer to one customer shows as PENDING on both sides.
-            delegated::insert(
-                &mut tx,
-                &Relationship::pending(partner.as_str(), c.as_str(), &link.id, link.created_at),
-            )
-            .await?;
+            w.insert(delegated::row(&Relationship::pending(
+                partner.as_str(),
+                c.as_str(),
+                &link.id,
+                link.created_at,
+            )));
         }
         let resp = pb::CreateDelegatedAdminOfferResponse {
             offer: Some(offer_to_pb(&link, &code)),
@@ -209,8 +214,19 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
             action: "relationships.delegated_admin_offer.create",
             target: format!("links/{}", link.id),
         };
-        self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
-            .await?;
+        audit::add(
+            &mut w,
+            self.now(),
+            &ctx,
+            Some(change),
+            &r.request_id,
+            &idem,
+            &resp,
+        );
+        if let Err(e) = w.commit(self.db()).await {
+            let prev = after_commit_failed(&idem, self.db(), idempotency::write_error(e)).await?;
+            return Ok(Response::new(prev));
+        }
         sovra_runtime::metrics::business::link_created(LinkKind::DelegatedAdmin.as_str());
         Ok(Response::new(resp))
     }

@@ -4,6 +4,7 @@
 use sovra_runtime::{
     clock::Millis,
     db::{Backend, Tx},
+    writes::{Insert, Writes},
     Error,
 };
 use sqlx::{any::AnyRow, Any, Executor, Row};
@@ -185,25 +186,41 @@ pub async fn get<'e, E: Executor<'e, Database = Any>>(
         .transpose()
 }
 
-pub async fn insert(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO delegated_admin_relationships (id, partner_tenant_id, customer_tenant_id, state, \
-         offer_id, reassigned_to, version, created_at, activated_at, ended_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+/// The relationship's row, to write with others (see [`Writes`]).
+pub fn row(r: &Relationship) -> Insert {
+    Insert::new(
+        "delegated_admin_relationships",
+        &[
+            "id",
+            "partner_tenant_id",
+            "customer_tenant_id",
+            "state",
+            "offer_id",
+            "reassigned_to",
+            "version",
+            "created_at",
+            "activated_at",
+            "ended_at",
+            "updated_at",
+        ],
     )
-    .bind(&r.id)
-    .bind(&r.partner_tenant_id)
-    .bind(&r.customer_tenant_id)
-    .bind(r.state.as_str())
-    .bind(&r.offer_id)
-    .bind(&r.reassigned_to)
-    .bind(r.version)
-    .bind(r.created_at)
-    .bind(r.activated_at)
-    .bind(r.ended_at)
-    .bind(r.updated_at)
-    .execute(&mut **tx)
-    .await?;
+    .value(&r.id)
+    .value(&r.partner_tenant_id)
+    .value(&r.customer_tenant_id)
+    .value(r.state.as_str())
+    .value(&r.offer_id)
+    .value(&r.reassigned_to)
+    .value(r.version)
+    .value(r.created_at)
+    .value(r.activated_at)
+    .value(r.ended_at)
+    .value(r.updated_at)
+}
+
+pub async fn insert(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
+    let mut w = Writes::new();
+    w.insert(row(r));
+    w.run(tx).await?;
     Ok(())
 }
 

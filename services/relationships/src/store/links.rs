@@ -1,6 +1,11 @@
 //! The `links` table: reseller requests and delegated-admin offers.
 
-use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sovra_runtime::{
+    clock::Millis,
+    db::Tx,
+    writes::{Insert, Writes},
+    Error,
+};
 use sqlx::{any::AnyRow, Any, Executor, Row};
 
 use super::corrupt;
@@ -42,24 +47,39 @@ fn from_row(r: &AnyRow) -> Result<LinkRecord, Error> {
     })
 }
 
-pub async fn insert(tx: &mut Tx, l: &LinkRecord) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO links (id, kind, partner_tenant_id, customer_tenant_id, url, email_subject, \
-         email_body, created_by, created_at, expires_at, revoked_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)",
+/// The link's row, to write with others (see [`Writes`]).
+pub fn row(l: &LinkRecord) -> Insert {
+    Insert::new(
+        "links",
+        &[
+            "id",
+            "kind",
+            "partner_tenant_id",
+            "customer_tenant_id",
+            "url",
+            "email_subject",
+            "email_body",
+            "created_by",
+            "created_at",
+            "expires_at",
+        ],
     )
-    .bind(&l.id)
-    .bind(l.kind.as_str())
-    .bind(&l.partner_tenant_id)
-    .bind(&l.customer_tenant_id)
-    .bind(&l.url)
-    .bind(&l.email_subject)
-    .bind(&l.email_body)
-    .bind(&l.created_by)
-    .bind(l.created_at)
-    .bind(l.expires_at)
-    .execute(&mut **tx)
-    .await?;
+    .value(&l.id)
+    .value(l.kind.as_str())
+    .value(&l.partner_tenant_id)
+    .value(&l.customer_tenant_id)
+    .value(&l.url)
+    .value(&l.email_subject)
+    .value(&l.email_body)
+    .value(&l.created_by)
+    .value(l.created_at)
+    .value(l.expires_at)
+}
+
+pub async fn insert(tx: &mut Tx, l: &LinkRecord) -> Result<(), Error> {
+    let mut w = Writes::new();
+    w.insert(row(l));
+    w.run(tx).await?;
     Ok(())
 }
 
