@@ -401,6 +401,33 @@ async fn self_service_follows_the_instance(backend: Backend) {
 }
 backend_test!(self_service_follows_the_instance);
 
+/// The partner's agent offers `licenses` of `product`.
+async fn new_offer(
+    app: &TestApp,
+    agent: &str,
+    partner: &Tenant,
+    product: &str,
+    licenses: i32,
+) -> com::PurchaseOffer {
+    app.offers()
+        .create_purchase_offer(req(
+            agent,
+            com::CreatePurchaseOfferRequest {
+                partner_tenant_id: partner.id.clone(),
+                lines: vec![com::OfferLine {
+                    product_id: product.into(),
+                    license_count: licenses,
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .offer
+        .unwrap()
+}
+
 /// The partner's agent offers `licenses` of office-enterprise and the
 /// customer's admin buys it with `request_id`: the subscription bought.
 async fn offer_and_buy(
@@ -411,24 +438,7 @@ async fn offer_and_buy(
     licenses: i32,
     request_id: String,
 ) -> com::Subscription {
-    let offer = app
-        .offers()
-        .create_purchase_offer(req(
-            agent,
-            com::CreatePurchaseOfferRequest {
-                partner_tenant_id: partner.id.clone(),
-                lines: vec![com::OfferLine {
-                    product_id: "office-enterprise".into(),
-                    license_count: licenses,
-                }],
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .offer
-        .unwrap();
+    let offer = new_offer(app, agent, partner, "office-enterprise", licenses).await;
     app.offers()
         .redeem_purchase_offer(req(
             &customer.admin_token,
@@ -875,24 +885,7 @@ async fn an_offers_redemption_count_counts_each_customer_once(backend: Backend) 
     let app = Arc::new(TestApp::spawn(backend).await);
     let partner = app.partner("Counted Partner", ADVISOR).await;
     let agent = app.agent(&partner).await;
-    let offer = app
-        .offers()
-        .create_purchase_offer(req(
-            &agent,
-            com::CreatePurchaseOfferRequest {
-                partner_tenant_id: partner.id.clone(),
-                lines: vec![com::OfferLine {
-                    product_id: "office-business".into(),
-                    license_count: 3,
-                }],
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .offer
-        .unwrap();
+    let offer = new_offer(&app, &agent, &partner, "office-business", 3).await;
     assert_eq!(offer.redemption_count, 0);
     let mut buyers = Vec::new();
     for n in 0..4 {
@@ -966,24 +959,7 @@ async fn concurrent_redemptions_of_an_offer_each_buy_once(backend: Backend) {
     let app = Arc::new(TestApp::spawn(backend).await);
     let partner = app.partner("Concurrent Partner", ADVISOR).await;
     let agent = app.agent(&partner).await;
-    let offer = app
-        .offers()
-        .create_purchase_offer(req(
-            &agent,
-            com::CreatePurchaseOfferRequest {
-                partner_tenant_id: partner.id.clone(),
-                lines: vec![com::OfferLine {
-                    product_id: "office-business".into(),
-                    license_count: 2,
-                }],
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .offer
-        .unwrap();
+    let offer = new_offer(&app, &agent, &partner, "office-business", 2).await;
     let mut customers = Vec::new();
     for n in 0..CUSTOMERS {
         customers.push(
