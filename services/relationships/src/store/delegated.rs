@@ -7,7 +7,11 @@ use sovra_runtime::{
     writes::{Insert, Writes},
     Error,
 };
-use sqlx::{any::AnyRow, Any, Executor, Row};
+use sqlx::{
+    any::{AnyArguments, AnyRow},
+    query::Query,
+    Any, Executor, Row,
+};
 
 use super::{
     corrupt, customers,
@@ -112,14 +116,7 @@ pub async fn transition(
     let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
     if tx.backend() == Backend::Postgres {
         let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
-        let (version,): (i64,) = sqlx::query_as(outbox::TRANSITION)
-            .bind(&rel.id)
-            .bind(rel.state.as_str())
-            .bind(&rel.reassigned_to)
-            .bind(rel.version)
-            .bind(rel.activated_at)
-            .bind(rel.ended_at)
-            .bind(rel.updated_at)
+        let row = bind_update(sqlx::query(TRANSITION), rel)
             .bind(partner)
             .bind(customer)
             .bind(queued_at)
@@ -127,7 +124,7 @@ pub async fn transition(
             .bind(queued_at + outbox::INLINE_MS)
             .fetch_one(&mut **tx)
             .await?;
-        change.version = version;
+        change.version = row.try_get(0)?;
         return Ok(change);
     }
     update(tx, rel).await?;
@@ -224,21 +221,50 @@ pub async fn insert(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
     Ok(())
 }
 
-/// Writes back a changed relationship (state, times, reassignment, version).
-async fn update(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
-    sqlx::query(
+/// Writes back a changed relationship (state, times, reassignment,
+/// version): `$1` … `$7`, bound by [`bind_update`].
+macro_rules! update_sql {
+    () => {
         "UPDATE delegated_admin_relationships SET state = $2, reassigned_to = $3, version = $4, \
-         activated_at = $5, ended_at = $6, updated_at = $7 WHERE id = $1",
-    )
-    .bind(&r.id)
-    .bind(r.state.as_str())
-    .bind(&r.reassigned_to)
-    .bind(r.version)
-    .bind(r.activated_at)
-    .bind(r.ended_at)
-    .bind(r.updated_at)
-    .execute(&mut **tx)
-    .await?;
+         activated_at = $5, ended_at = $6, updated_at = $7 WHERE id = $1"
+    };
+}
+
+/// What [`transition`] writes on PostgreSQL, as one statement: the
+/// relationship (`$1` … `$7`), the partner's customer row (`$8`, `$9`), the
+/// pair's next grant version and the change `$11` queued at `$10`, due at
+/// `$12`.
+const TRANSITION: &str = concat!(
+    "WITH rel AS (",
+    update_sql!(),
+    "), book AS (UPDATE partner_customers SET delegated_state = $2, delegated_relationship_id = $1, \
+     updated_at = $7 WHERE partner_tenant_id = $8 AND customer_tenant_id = $9), \
+     grant_version AS (INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) \
+     VALUES ($9, $8, 1) ON CONFLICT (customer_tenant_id, partner_tenant_id) \
+     DO UPDATE SET version = grant_versions.version + 1 RETURNING version) \
+     INSERT INTO grant_outbox (id, partner_tenant_id, customer_tenant_id, relationship_id, state, \
+     version, created_at, attempts, next_attempt_at, last_error) \
+     SELECT $11, $8, $9, $1, $2, version, $10, 0, $12, '' FROM grant_version RETURNING version"
+);
+
+/// Binds `r` as [`update_sql`]'s `$1` … `$7`.
+fn bind_update<'q>(
+    q: Query<'q, Any, AnyArguments<'q>>,
+    r: &'q Relationship,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    q.bind(&r.id)
+        .bind(r.state.as_str())
+        .bind(&r.reassigned_to)
+        .bind(r.version)
+        .bind(r.activated_at)
+        .bind(r.ended_at)
+        .bind(r.updated_at)
+}
+
+async fn update(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
+    bind_update(sqlx::query(update_sql!()), r)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

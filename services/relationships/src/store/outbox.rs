@@ -87,20 +87,6 @@ pub(super) async fn enqueue(
     Ok(change)
 }
 
-/// What [`super::delegated::transition`] writes on PostgreSQL, as one
-/// statement: the relationship ($1 … $7), the partner's customer row, the
-/// pair's next grant version and the change queued at $10.
-pub(super) const TRANSITION: &str = "WITH rel AS (UPDATE delegated_admin_relationships SET state = $2, \
-     reassigned_to = $3, version = $4, activated_at = $5, ended_at = $6, updated_at = $7 WHERE id = $1), \
-     book AS (UPDATE partner_customers SET delegated_state = $2, delegated_relationship_id = $1, updated_at = $7 \
-     WHERE partner_tenant_id = $8 AND customer_tenant_id = $9), \
-     grant_version AS (INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) VALUES ($9, $8, 1) \
-     ON CONFLICT (customer_tenant_id, partner_tenant_id) DO UPDATE SET version = grant_versions.version + 1 \
-     RETURNING version) \
-     INSERT INTO grant_outbox (id, partner_tenant_id, customer_tenant_id, relationship_id, state, \
-     version, created_at, attempts, next_attempt_at, last_error) \
-     SELECT $11, $8, $9, $1, $2, version, $10, 0, $12, '' FROM grant_version RETURNING version";
-
 /// Changes due for delivery, oldest first.
 pub async fn due<'e, E: Executor<'e, Database = Any>>(
     ex: E,
