@@ -96,6 +96,10 @@ impl Relationships {
         let outbox: sovra_runtime::metrics::Collector = std::sync::Arc::new(move || {
             let this = this.clone();
             Box::pin(async move {
+                // Acknowledged changes are not waiting: their rows go first.
+                if let Err(e) = this.outbox().remove_acknowledged().await {
+                    tracing::warn!(error = %e, "removing delivered grant changes failed");
+                }
                 match store::outbox::depth(this.db().read()).await {
                     Ok((n, oldest)) => {
                         let age = oldest.map_or(0.0, |t| (this.now() - t).max(0) as f64 / 1000.0);

@@ -2,8 +2,18 @@
 //! `ApplyDelegatedGrant`: right after the change commits, and again from a
 //! background sweep with backoff until identity acknowledges. Identity
 //! applies by version, so a repeated or late delivery never undoes a newer one.
+//!
+//! An acknowledged change's row is not deleted on its own: its id waits in
+//! memory and the next sweep removes every waiting row in one statement
+//! (a grant change used to cost a commit of its own for it; on SQLite, an
+//! fsync). Nothing is lost by the wait: a row whose removal a crash lost is
+//! due again after [`outbox::INLINE_MS`] and delivered once more, which
+//! identity answers as already applied (by request id and version).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use sovra_proto::identity::v1 as idpb;
 use sovra_runtime::{clock::SharedClock, db::Db, Error};
@@ -13,6 +23,9 @@ use sovra_runtime::peers::IdentityClient;
 use crate::{domain::states::DelegatedState, store::outbox};
 
 const BATCH: i64 = 100;
+/// Acknowledged rows waiting for removal before a delivery removes them
+/// itself rather than leave them to the sweep.
+const ACKED_MAX: usize = 256;
 const FIRST_BACKOFF_MS: i64 = 200;
 
 /// The delivery side of the grant outbox.
@@ -23,6 +36,8 @@ pub struct Outbox {
     clock: SharedClock,
     poll: Duration,
     max_backoff_ms: i64,
+    /// Ids of changes identity acknowledged whose rows are still there.
+    acked: Arc<Mutex<Vec<String>>>,
 }
 
 impl Outbox {
@@ -39,6 +54,7 @@ impl Outbox {
             clock,
             poll,
             max_backoff_ms,
+            acked: Arc::default(),
         }
     }
 
@@ -52,8 +68,11 @@ impl Outbox {
         }
     }
 
-    /// One sweep over everything due. Returns how many were delivered.
+    /// One sweep over everything due, after removing the rows of changes
+    /// already acknowledged (so none is delivered twice). Returns how many
+    /// were delivered.
     pub async fn sweep(&self) -> Result<usize, Error> {
+        self.remove_acknowledged().await?;
         let due = outbox::due(self.db.read(), self.clock.now_ms(), BATCH).await?;
         let mut delivered = 0;
         for c in &due {
@@ -65,6 +84,31 @@ impl Outbox {
             }
         }
         Ok(delivered)
+    }
+
+    /// Removes the rows of every change identity acknowledged since the
+    /// last call, in one statement; returns how many went. On failure the
+    /// ids wait for the next call.
+    pub async fn remove_acknowledged(&self) -> Result<u64, Error> {
+        let ids = std::mem::take(&mut *self.lock_acked());
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // The removal need not wait for the WAL flush: nothing is
+        // acknowledged on it, and a removal lost to a crash only delivers
+        // the changes again (see the module's comment).
+        match outbox::delivered(self.db.write_unflushed(), self.db.backend(), &refs).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.lock_acked().extend(ids);
+                Err(e)
+            }
+        }
+    }
+
+    fn lock_acked(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.acked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The outbox's own (wall) clock: stamps and schedules its rows.
@@ -101,11 +145,17 @@ impl Outbox {
             .await;
         match pushed {
             Ok(_) => {
-                // The row's removal need not wait for the WAL flush: nothing
-                // is acknowledged on it, and a removal lost to a crash only
-                // delivers the change again, which identity answers as
-                // already applied (by request id and version).
-                outbox::delivered(self.db.write_unflushed(), &c.id).await?;
+                let waiting = {
+                    let mut acked = self.lock_acked();
+                    acked.push(c.id.clone());
+                    acked.len()
+                };
+                if waiting >= ACKED_MAX {
+                    // Delivered either way; what is left waits for the sweep.
+                    if let Err(e) = self.remove_acknowledged().await {
+                        tracing::warn!(error = %e, "removing delivered grant changes failed; the sweep retries");
+                    }
+                }
                 Ok(())
             }
             Err(status) => {

@@ -360,6 +360,13 @@ impl App {
         for task in background {
             task.abort();
         }
+        if let Some(relationships) = &self.relationships {
+            // Rows of delivered grant changes still waiting for the sweep;
+            // left behind, they would only be delivered again after a restart.
+            if let Err(e) = relationships.outbox().remove_acknowledged().await {
+                tracing::warn!(error = %e, "removing delivered grant changes at shutdown failed");
+            }
+        }
         result.context("the gRPC server failed")
     }
 }

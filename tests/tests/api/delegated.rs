@@ -579,3 +579,85 @@ async fn a_retried_delegated_admin_offer_answers_the_first_offer(b: Backend) {
     assert_eq!(accepted.state, rel::DelegatedAdminState::Active as i32);
 }
 backend_test!(a_retried_delegated_admin_offer_answers_the_first_offer);
+
+/// Identity applies each change at once, but the outbox rows of delivered
+/// changes leave together: at the next sweep, or before a scrape reads the
+/// outbox's depth, which never counts them as waiting.
+async fn delivered_grant_changes_leave_the_outbox_together_and_never_count_as_waiting(b: Backend) {
+    let db = TestDb::new(b).await;
+    // One sweep at start, the next in an hour: only the scrape removes rows.
+    let s = settings_with(
+        "global",
+        &db,
+        vec![(
+            "relationships.outbox_poll_interval_ms".into(),
+            "3600000".into(),
+        )],
+    );
+    // The databases outlive the app: what a stop left is read after it.
+    let app = TestApp::start(
+        &s,
+        std::sync::Arc::new(sovra_runtime::auth::Keyring::generate()),
+    )
+    .await
+    .unwrap();
+    let partner = app
+        .partner("Fabrikam", &[PartnerAuthorization::DelegatedAdmin])
+        .await;
+    let agent = app.agent(&partner).await;
+    let mut customers = Vec::new();
+    for name in ["Contoso", "Northwind", "Tailspin"] {
+        let customer = app.tenant(TenantKind::Customer, name).await;
+        app.accept(&customer, &app.offer(&partner).await, false)
+            .await
+            .unwrap();
+        customers.push(customer);
+    }
+    for c in &customers {
+        assert!(
+            app.may(&agent, c, Permission::UsersManage).await,
+            "applied at once"
+        );
+    }
+    assert_eq!(
+        app.rel_count("SELECT COUNT(*) FROM grant_outbox").await,
+        3,
+        "delivered rows wait to be removed together"
+    );
+    let admin = app.admin.expect("the test app serves /metrics").to_string();
+    let metrics = http_get(&admin, "/metrics").await.expect("a scrape");
+    assert_eq!(
+        gauge(&metrics, "sovra_grant_outbox_depth"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        gauge(&metrics, "sovra_grant_outbox_oldest_age_seconds"),
+        Some(0.0)
+    );
+    assert_eq!(app.rel_count("SELECT COUNT(*) FROM grant_outbox").await, 0);
+
+    // A change whose row is still there at shutdown leaves with the app.
+    app.delegated()
+        .remove_delegated_admin(req(
+            &customers[0].admin_token,
+            rel::RemoveDelegatedAdminRequest {
+                customer_tenant_id: customers[0].id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(
+        !app.may(&agent, &customers[0], Permission::UsersManage)
+            .await
+    );
+    assert_eq!(app.rel_count("SELECT COUNT(*) FROM grant_outbox").await, 1);
+    app.stop().await;
+    assert_eq!(
+        count_in(&db.rel_url, "SELECT COUNT(*) FROM grant_outbox").await,
+        0,
+        "removed at a graceful stop"
+    );
+}
+backend_test!(delivered_grant_changes_leave_the_outbox_together_and_never_count_as_waiting);

@@ -15,7 +15,10 @@ use sovra_runtime::{
     tls::{self, pki, Connector},
 };
 use sqlx::Connection;
-use tokio::sync::oneshot;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::oneshot,
+};
 use tonic::{transport::Channel, Code, Request, Status};
 use tonic_types::StatusExt;
 
@@ -826,7 +829,7 @@ impl TestApp {
     }
 }
 
-async fn count_in(url: &str, sql: &str) -> i64 {
+pub async fn count_in(url: &str, sql: &str) -> i64 {
     sqlx::any::install_default_drivers();
     let mut c = sqlx::AnyConnection::connect(url).await.unwrap();
     let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&mut c).await.unwrap();
@@ -984,6 +987,29 @@ pub fn expect_invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str
         bad.field_violations
     );
     s
+}
+
+/// `GET path` on `addr` over HTTP/1.0; the body.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.to_owned())
+        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_owned()))
+}
+
+/// The value of the unlabelled gauge `name` in a `/metrics` text.
+pub fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 pub use pb::*;

@@ -1,8 +1,14 @@
 //! The `grant_outbox` table: delegated-grant changes identity has not yet
 //! acknowledged. Rows are written in the change's own transaction and
-//! deleted when identity answers.
+//! deleted after identity answers, many at a time (see
+//! [`crate::outbox::Outbox::remove_acknowledged`]).
 
-use sovra_runtime::{clock::Millis, db::Tx, Error};
+use sovra_runtime::{
+    clock::Millis,
+    db::{Backend, Tx},
+    writes::json_text_array,
+    Error,
+};
 use sqlx::{any::AnyRow, Any, Executor, Row};
 
 use crate::domain::states::DelegatedState;
@@ -116,12 +122,24 @@ pub async fn depth<'e, E: Executor<'e, Database = Any>>(
     Ok((row.try_get("n")?, row.try_get("oldest")?))
 }
 
-pub async fn delivered<'e, E: Executor<'e, Database = Any>>(ex: E, id: &str) -> Result<(), Error> {
-    sqlx::query("DELETE FROM grant_outbox WHERE id = $1")
-        .bind(id)
+/// Removes the changes identity acknowledged, all of `ids` in one
+/// statement; returns how many rows went.
+pub async fn delivered<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
+    backend: Backend,
+    ids: &[&str],
+) -> Result<u64, Error> {
+    let sql = match backend {
+        Backend::Postgres => {
+            "DELETE FROM grant_outbox WHERE id IN (SELECT json_array_elements_text($1::json))"
+        }
+        Backend::Sqlite => "DELETE FROM grant_outbox WHERE id IN (SELECT value FROM json_each($1))",
+    };
+    Ok(sqlx::query(sql)
+        .bind(json_text_array(ids))
         .execute(ex)
-        .await?;
-    Ok(())
+        .await?
+        .rows_affected())
 }
 
 pub async fn failed<'e, E: Executor<'e, Database = Any>>(
