@@ -213,6 +213,22 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds every process named `name` has used (utime + stime, as
+/// [`cpu_seconds`]): PostgreSQL's server and its backends, say, which
+/// start and end with connections.
+pub fn cpu_seconds_named(name: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .map(|pid| cpu_seconds(Some(pid)))
+        .sum()
+}
+
 /// The machine's CPU time (all cores) from the first line of /proc/stat, in
 /// ticks: how much was idle, and how much the hypervisor gave to other
 /// guests (steal). A shared VM's steal moves from minute to minute; a
