@@ -533,13 +533,8 @@ async fn figure_2(
     // Read-only and with grant changes in turn.
     let (mut read_only, mut mixed) = (Repeated::default(), Repeated::default());
     let mut churned_for = Duration::ZERO;
-    let delegated = |what: &str, r: u32| {
-        format!(
-            "CheckAccess delegated at {rate:.0}/s, {what}{}",
-            args.run_tag(r)
-        )
-    };
     let delegated_at = |r: f64, what: &str| format!("CheckAccess delegated at {r:.0}/s, {what}");
+    let delegated = |what: &str, r: u32| delegated_at(rate, what) + &args.run_tag(r);
     let load = || s.delegated(spec);
     for r in 1..=args.repeats {
         read_only.push(report.run(&delegated("read-only", r), label, load().await));
