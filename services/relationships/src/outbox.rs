@@ -87,24 +87,22 @@ impl Outbox {
     }
 
     /// Removes the rows of every change identity acknowledged since the
-    /// last call, in one statement; returns how many went. On failure the
-    /// ids wait for the next call.
-    pub async fn remove_acknowledged(&self) -> Result<u64, Error> {
+    /// last call, in one statement. On failure the ids wait for the next
+    /// call.
+    pub async fn remove_acknowledged(&self) -> Result<(), Error> {
         let ids = std::mem::take(&mut *self.lock_acked());
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         // The removal need not wait for the WAL flush: nothing is
         // acknowledged on it, and a removal lost to a crash only delivers
         // the changes again (see the module's comment).
-        match outbox::delivered(self.db.write_unflushed(), self.db.backend(), &refs).await {
-            Ok(n) => Ok(n),
-            Err(e) => {
-                self.lock_acked().extend(ids);
-                Err(e)
-            }
+        let removed = outbox::delivered(self.db.write_unflushed(), self.db.backend(), &refs).await;
+        if removed.is_err() {
+            self.lock_acked().extend(ids);
         }
+        removed
     }
 
     fn lock_acked(&self) -> std::sync::MutexGuard<'_, Vec<String>> {

@@ -123,23 +123,23 @@ pub async fn depth<'e, E: Executor<'e, Database = Any>>(
 }
 
 /// Removes the changes identity acknowledged, all of `ids` in one
-/// statement; returns how many rows went.
+/// statement.
 pub async fn delivered<'e, E: Executor<'e, Database = Any>>(
     ex: E,
     backend: Backend,
     ids: &[&str],
-) -> Result<u64, Error> {
+) -> Result<(), Error> {
     let sql = match backend {
         Backend::Postgres => {
             "DELETE FROM grant_outbox WHERE id IN (SELECT json_array_elements_text($1::json))"
         }
         Backend::Sqlite => "DELETE FROM grant_outbox WHERE id IN (SELECT value FROM json_each($1))",
     };
-    Ok(sqlx::query(sql)
+    sqlx::query(sql)
         .bind(json_text_array(ids))
         .execute(ex)
-        .await?
-        .rows_affected())
+        .await?;
+    Ok(())
 }
 
 pub async fn failed<'e, E: Executor<'e, Database = Any>>(
