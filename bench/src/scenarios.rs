@@ -14,7 +14,11 @@ use std::{
 use anyhow::Context;
 use sovra_proto::{commerce::v1 as com, identity::v1 as pb};
 use sqlx::Connection;
-use tonic::{transport::Channel, Request};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+    Request,
+};
 
 use crate::{
     baseline::{self, Mode},
@@ -26,9 +30,13 @@ use crate::{
     RunArgs,
 };
 
-fn check_req(token: &str, tenant: &str, p: pb::Permission) -> Request<pb::CheckAccessRequest> {
-    authed(
-        token,
+fn check_req(
+    bearer: Option<MetadataValue<Ascii>>,
+    tenant: &str,
+    p: pb::Permission,
+) -> Request<pb::CheckAccessRequest> {
+    world::with_bearer(
+        bearer,
         pb::CheckAccessRequest {
             user_id: String::new(),
             tenant_id: tenant.to_owned(),
@@ -47,9 +55,9 @@ async fn check_access(
     tenant: &str,
     basis: pb::AccessBasis,
 ) -> Outcome {
-    let (token, tenant) = (token.to_owned(), tenant.to_owned());
+    let (bearer, tenant) = (world::bearer(token), tenant.to_owned());
     load::run(spec, channels, pid, move |ch, _| {
-        let req = check_req(&token, &tenant, pb::Permission::UsersRead);
+        let req = check_req(bearer.clone(), &tenant, pb::Permission::UsersRead);
         async move {
             let r = pb::access_service_client::AccessServiceClient::new(ch)
                 .check_access(req)

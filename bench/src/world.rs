@@ -3,13 +3,28 @@
 
 use anyhow::Context;
 use sovra_proto::{identity::v1 as pb, relationships::v1 as rel};
-use tonic::{metadata::MetadataValue, transport::Channel, Request};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+    Request,
+};
 
 const PASSWORD: &str = "Bench-Horse-42";
 
 pub fn authed<T>(token: &str, msg: T) -> Request<T> {
+    with_bearer(bearer(token), msg)
+}
+
+/// `token` as an authorization header value, made once and presented on
+/// every call (as a client holding a token does).
+pub fn bearer(token: &str) -> Option<MetadataValue<Ascii>> {
+    MetadataValue::try_from(format!("Bearer {token}")).ok()
+}
+
+/// `msg` with `bearer` as its authorization.
+pub fn with_bearer<T>(bearer: Option<MetadataValue<Ascii>>, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    if let Ok(v) = MetadataValue::try_from(format!("Bearer {token}")) {
+    if let Some(v) = bearer {
         r.metadata_mut().insert("authorization", v);
     }
     r

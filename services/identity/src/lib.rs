@@ -3,7 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-mod cache;
 pub mod domain;
 pub mod hashing;
 pub mod service;

@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use sovra_runtime::{
     audit,
     auth::{Authority, Caller},
+    cache::{Cached, Generation, Stripes},
     clock::{Millis, SharedClock, DAY_MS, HOUR_MS},
     config::Settings,
     db::{Db, Tx},
@@ -18,7 +19,6 @@ pub(crate) use sovra_runtime::{audit::Change, auth::Ctx};
 use tonic::Request;
 
 use crate::{
-    cache::{Cached, Generation, Stripes},
     domain::{
         ids::TenantId,
         policy::{self, Basis, Decision, Subject},
@@ -40,7 +40,11 @@ pub struct IdentityConfig {
     pub access_token_ttl_secs: u64,
     pub idempotency_retention_ms: i64,
     pub purge_interval: Duration,
-    /// How long what a decision read may be reused (0: never); see `cache`.
+    /// How long what a decision read may be reused (0: never): the bound on
+    /// how long another identity replica (on PostgreSQL) may decide from
+    /// what it read before a change made through this one. In this process
+    /// a change is seen by the very next call (see `Inner::generation` and
+    /// `sovra_runtime::cache`).
     pub decision_cache: Duration,
 }
 
@@ -80,6 +84,10 @@ pub(crate) struct Inner {
     /// `generation` and their stripe's, so a grant change leaves users,
     /// tenants and (nearly all) other grants cached.
     pub grant_generations: Stripes,
+    /// What access decisions read: every CheckAccess and every peer's
+    /// authorization reads these; from SQLite each read is a hand-off to
+    /// the connection's worker thread, which costs more than the rest of
+    /// the call.
     pub subjects: Cached<String, Option<users::SubjectRow>>,
     pub grants: Cached<(String, String), Option<GrantState>>,
     pub tenants: Cached<String, Option<TenantRecord>>,

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod auth;
 mod batch;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod db;

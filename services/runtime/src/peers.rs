@@ -4,7 +4,6 @@
 //! sees it (access decisions and tenants).
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     future::Future,
     net::{Ipv4Addr, SocketAddr},
@@ -14,7 +13,7 @@ use std::{
         Mutex,
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use sovra_proto::identity::v1 as idpb;
@@ -28,6 +27,7 @@ use tonic_types::StatusExt;
 
 use crate::{
     auth::{Authority, Ctx, Token},
+    cache::Cached,
     server::LocalEndpoint,
     telemetry::{PeerChannel, Tracer},
     tls::{Connector, PeerInfo},
@@ -223,7 +223,13 @@ pub enum Programs<'a> {
 pub struct IdentityClient {
     channel: PeerChannel,
     creds: ServiceCredentials,
-    tenants: TenantCache,
+    /// Tenants identity answered lately, read under [`IDENTITY_EPOCH`]: a
+    /// redemption asks for its partner and customer, and so does
+    /// relationships for the customer, several times a second for the same
+    /// few. An answer is reused for at most the TTL (zero: never), and only
+    /// while identity in this process committed nothing since; a change
+    /// made through identity in another process is seen within the TTL.
+    tenants: Cached<String, idpb::Tenant>,
 }
 
 /// Tenants kept at most; the cache starts over when full.
@@ -237,38 +243,6 @@ static IDENTITY_EPOCH: AtomicU64 = AtomicU64::new(0);
 /// tenant's: a cache miss costs one read, a stale tenant a wrong answer.)
 pub fn tenants_changed() {
     IDENTITY_EPOCH.fetch_add(1, Ordering::AcqRel);
-}
-
-/// Tenants identity answered lately, each with the epoch and time it was
-/// asked at: a redemption asks for its partner and customer, and so does
-/// relationships for the customer, several times a second for the same few.
-/// An answer is reused for at most `ttl` (zero: never), and only while
-/// identity in this process committed nothing since; a change made through
-/// identity in another process is seen within `ttl`.
-#[derive(Debug, Default)]
-struct TenantCache {
-    ttl: Duration,
-    map: Mutex<HashMap<String, (idpb::Tenant, u64, Instant)>>,
-}
-
-impl TenantCache {
-    fn get(&self, id: &str, epoch: u64) -> Option<idpb::Tenant> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(id)
-            .filter(|(_, e, at)| *e == epoch && at.elapsed() < self.ttl)
-            .map(|(t, _, _)| t.clone())
-    }
-
-    fn put(&self, t: &idpb::Tenant, epoch: u64, at: Instant) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= TENANT_CACHE_MAX {
-            map.clear();
-        }
-        map.insert(t.id.clone(), (t.clone(), epoch, at));
-    }
 }
 
 /// What identity decided, and why.
@@ -299,14 +273,14 @@ impl IdentityClient {
         Self {
             channel,
             creds: ServiceCredentials::new(service, authority),
-            tenants: TenantCache::default(),
+            tenants: Cached::with_capacity(Duration::ZERO, TENANT_CACHE_MAX),
         }
     }
 
     /// Reuses identity's answers about tenants for up to `ttl` (see
-    /// [`TenantCache`]); without it, every call asks.
+    /// [`IdentityClient::tenants`]); without it, every call asks.
     pub fn with_tenant_cache(mut self, ttl: Duration) -> Self {
-        self.tenants.ttl = ttl;
+        self.tenants = Cached::with_capacity(ttl, TENANT_CACHE_MAX);
         self
     }
 
@@ -372,34 +346,34 @@ impl IdentityClient {
         tenant_id: &str,
         trace_id: &str,
     ) -> Result<idpb::Tenant, Error> {
-        // The epoch and time before asking: a change committed meanwhile
-        // makes the answer stale at once.
-        let (epoch, asked) = (IDENTITY_EPOCH.load(Ordering::Acquire), Instant::now());
-        if let Some(t) = self.tenants.get(tenant_id, epoch) {
-            return Ok(t);
-        }
-        let mut client = idpb::tenant_service_client::TenantServiceClient::new(self.channel());
-        let resp = client
-            .get_tenant(self.creds.request(
-                idpb::GetTenantRequest {
-                    tenant_id: tenant_id.to_owned(),
-                },
-                trace_id,
-            ))
+        // The epoch before asking: a change committed meanwhile makes the
+        // answer stale at once.
+        let epoch = (IDENTITY_EPOCH.load(Ordering::Acquire), 0);
+        self.tenants
+            .get_or_load(tenant_id.to_owned(), epoch, || async {
+                let mut client =
+                    idpb::tenant_service_client::TenantServiceClient::new(self.channel());
+                let resp = client
+                    .get_tenant(self.creds.request(
+                        idpb::GetTenantRequest {
+                            tenant_id: tenant_id.to_owned(),
+                        },
+                        trace_id,
+                    ))
+                    .await
+                    .map_err(|s| match s.code() {
+                        Code::NotFound => Error::not_found(
+                            "TENANT_NOT_FOUND",
+                            format!("tenant {tenant_id} not found"),
+                        )
+                        .with_violation(field, "not found"),
+                        _ => peer_error("identity", s),
+                    })?;
+                resp.into_inner()
+                    .tenant
+                    .ok_or_else(|| Error::internal("identity answered GetTenant without a tenant"))
+            })
             .await
-            .map_err(|s| match s.code() {
-                Code::NotFound => {
-                    Error::not_found("TENANT_NOT_FOUND", format!("tenant {tenant_id} not found"))
-                        .with_violation(field, "not found")
-                }
-                _ => peer_error("identity", s),
-            })?;
-        let t = resp
-            .into_inner()
-            .tenant
-            .ok_or_else(|| Error::internal("identity answered GetTenant without a tenant"))?;
-        self.tenants.put(&t, epoch, asked);
-        Ok(t)
     }
 
     /// The partner tenant named in `field`, which must be active and hold
@@ -514,32 +488,6 @@ pub fn passthrough(peer: &str, s: Status) -> Error {
 mod tests {
     use super::*;
     use crate::ErrorCode;
-
-    #[test]
-    fn a_cached_tenant_lasts_until_its_ttl_or_the_next_identity_commit() {
-        let ttl = Duration::from_secs(1);
-        let cache = TenantCache {
-            ttl,
-            ..Default::default()
-        };
-        let t = idpb::Tenant {
-            id: "t-1".into(),
-            ..Default::default()
-        };
-        let now = Instant::now();
-        cache.put(&t, 7, now);
-        assert_eq!(cache.get("t-1", 7), Some(t.clone()));
-        assert_eq!(cache.get("t-1", 8), None, "identity committed since");
-        assert_eq!(cache.get("t-2", 7), None);
-        let Some(old) = now.checked_sub(ttl) else {
-            return; // too soon after boot to make an old instant
-        };
-        cache.put(&t, 7, old);
-        assert_eq!(cache.get("t-1", 7), None, "older than the TTL");
-        let off = TenantCache::default();
-        off.put(&t, 7, now);
-        assert_eq!(off.get("t-1", 7), None, "a zero TTL keeps nothing");
-    }
 
     #[test]
     fn a_broken_transport_is_unavailable_and_a_peer_fault_is_internal() {
