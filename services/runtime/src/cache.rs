@@ -173,6 +173,9 @@ impl<K: Eq + Hash + Clone, V: Clone> Cached<K, V> {
             Ok((v, began)) => {
                 if maps.entries.len() >= self.capacity {
                     maps.entries.clear();
+                    // Reads whose callers were all dropped leave their
+                    // flight behind; none outlives a start-over.
+                    maps.flights.retain(|_, f| Arc::strong_count(&f.cell) > 1);
                 }
                 // A newer entry (under a later stamp, or read later under
                 // this one) stays. Stamps taken later are at least as high
@@ -378,6 +381,27 @@ mod tests {
             .get_or_load("u", (0, 0), || async { Err::<u32, _>("database gone") })
             .await;
         assert_eq!(failed, Err("database gone"));
+    }
+
+    #[tokio::test]
+    async fn a_read_whose_callers_went_away_hands_over_and_is_forgotten_at_a_start_over() {
+        let c = Cached::with_capacity(Duration::from_secs(60), 1);
+        let gone = c.get_or_load("a", (0, 0), std::future::pending::<Result<u32, ()>>);
+        assert!(tokio::time::timeout(Duration::from_millis(10), gone)
+            .await
+            .is_err());
+        assert_eq!(c.lock().flights.len(), 1, "left behind");
+        // The next caller for the key reads for itself.
+        let next = c.get_or_load("a", (0, 0), || async { Ok::<_, ()>(1) });
+        assert_eq!(next.await, Ok(1));
+        let gone = c.get_or_load("b", (0, 0), std::future::pending::<Result<u32, ()>>);
+        assert!(tokio::time::timeout(Duration::from_millis(10), gone)
+            .await
+            .is_err());
+        // Full (capacity 1): the next entry starts over, without the flight.
+        let c_read = c.get_or_load("c", (0, 0), || async { Ok::<_, ()>(3) });
+        assert_eq!(c_read.await, Ok(3));
+        assert_eq!(c.lock().flights.len(), 0);
     }
 
     #[test]
