@@ -42,6 +42,10 @@ const CAPACITY: usize = 100_000;
 pub struct Generation(AtomicU64);
 
 impl Generation {
+    pub const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
     pub fn current(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
@@ -217,29 +221,23 @@ impl<K: Eq + Hash + Clone, V: Clone> Cached<K, V> {
             .get(key)
             .filter(|f| f.stamp == stamp)
             .map(|f| f.cell.clone());
-        match (current, flying) {
-            (Some((age, v)), _) if age < self.ttl / 2 => Look::Use(v),
-            // Past half its age and already being read again.
-            (Some((_, v)), Some(_)) => Look::Use(v),
-            (current, Some(cell)) => Look::Read {
-                cell,
-                stale: current.map(|(_, v)| v),
-            },
-            (current, None) => {
-                let cell = Arc::new(OnceCell::new());
-                maps.flights.insert(
-                    key.clone(),
-                    Flight {
-                        stamp,
-                        cell: cell.clone(),
-                    },
-                );
-                Look::Read {
-                    cell,
-                    stale: current.map(|(_, v)| v),
-                }
-            }
-        }
+        let stale = match current {
+            // Young, or past half its age and already being read again.
+            Some((age, v)) if age < self.ttl / 2 || flying.is_some() => return Look::Use(v),
+            current => current.map(|(_, v)| v),
+        };
+        let cell = flying.unwrap_or_else(|| {
+            let cell = Arc::new(OnceCell::new());
+            maps.flights.insert(
+                key.clone(),
+                Flight {
+                    stamp,
+                    cell: cell.clone(),
+                },
+            );
+            cell
+        });
+        Look::Read { cell, stale }
     }
 }
 
@@ -247,6 +245,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Cached<K, V> {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+    use tokio::sync::Notify;
 
     type Loads = Arc<AtomicUsize>;
 
@@ -258,6 +257,26 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    /// A caller of `get_or_load` on its own task, whose read (counted)
+    /// waits for `gate`, then answers `v`.
+    fn gated(
+        c: &Arc<Cached<&'static str, u32>>,
+        stamp: Stamp,
+        loads: &Loads,
+        gate: &Arc<Notify>,
+        v: u32,
+    ) -> tokio::task::JoinHandle<Result<u32, ()>> {
+        let (c, loads, gate) = (c.clone(), loads.clone(), gate.clone());
+        tokio::spawn(async move {
+            c.get_or_load("u", stamp, || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                gate.notified().await;
+                Ok(v)
+            })
+            .await
+        })
     }
 
     #[tokio::test]
@@ -291,19 +310,9 @@ mod tests {
     async fn callers_that_miss_together_share_one_read() {
         let c = Arc::new(Cached::new(Duration::from_secs(60)));
         let loads = Loads::default();
-        let gate = Arc::new(tokio::sync::Notify::new());
+        let gate = Arc::new(Notify::new());
         let callers: Vec<_> = (0..16)
-            .map(|_| {
-                let (c, loads, gate) = (c.clone(), loads.clone(), gate.clone());
-                tokio::spawn(async move {
-                    c.get_or_load("u", (0, 0), || async {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        gate.notified().await;
-                        Ok::<_, ()>(7)
-                    })
-                    .await
-                })
-            })
+            .map(|_| gated(&c, (0, 0), &loads, &gate, 7))
             .collect();
         while loads.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
@@ -322,17 +331,8 @@ mod tests {
     #[tokio::test]
     async fn a_caller_under_a_newer_generation_does_not_take_an_older_read() {
         let c = Arc::new(Cached::new(Duration::from_secs(60)));
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let old = {
-            let (c, gate) = (c.clone(), gate.clone());
-            tokio::spawn(async move {
-                c.get_or_load("u", (1, 0), || async {
-                    gate.notified().await;
-                    Ok::<_, ()>(1)
-                })
-                .await
-            })
-        };
+        let gate = Arc::new(Notify::new());
+        let old = gated(&c, (1, 0), &Loads::default(), &gate, 1);
         tokio::task::yield_now().await;
         let loads = Loads::default();
         assert_eq!(get(&c, (2, 0), &loads, 2).await, 2);
@@ -349,18 +349,8 @@ mod tests {
         let loads = Loads::default();
         assert_eq!(get(&c, (0, 0), &loads, 1).await, 1);
         std::thread::sleep(Duration::from_millis(110));
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let refresher = {
-            let (c, loads, gate) = (c.clone(), loads.clone(), gate.clone());
-            tokio::spawn(async move {
-                c.get_or_load("u", (0, 0), || async {
-                    loads.fetch_add(1, Ordering::SeqCst);
-                    gate.notified().await;
-                    Ok::<_, ()>(2)
-                })
-                .await
-            })
-        };
+        let gate = Arc::new(Notify::new());
+        let refresher = gated(&c, (0, 0), &loads, &gate, 2);
         while loads.load(Ordering::SeqCst) < 2 {
             tokio::task::yield_now().await;
         }

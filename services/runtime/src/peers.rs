@@ -8,10 +8,7 @@ use std::{
     future::Future,
     net::{Ipv4Addr, SocketAddr},
     pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Mutex,
-    },
+    sync::Mutex,
     task::{Context, Poll},
     time::Duration,
 };
@@ -27,7 +24,7 @@ use tonic_types::StatusExt;
 
 use crate::{
     auth::{Authority, Ctx, Token},
-    cache::Cached,
+    cache::{Cached, Generation},
     server::LocalEndpoint,
     telemetry::{PeerChannel, Tracer},
     tls::{Connector, PeerInfo},
@@ -236,13 +233,13 @@ pub struct IdentityClient {
 const TENANT_CACHE_MAX: usize = 10_000;
 
 /// Bumped after every identity commit in this process.
-static IDENTITY_EPOCH: AtomicU64 = AtomicU64::new(0);
+static IDENTITY_EPOCH: Generation = Generation::new();
 
 /// Identity calls this after each of its commits: every tenant cached in
 /// this process before it is asked for again. (Any commit, not only a
 /// tenant's: a cache miss costs one read, a stale tenant a wrong answer.)
 pub fn tenants_changed() {
-    IDENTITY_EPOCH.fetch_add(1, Ordering::AcqRel);
+    IDENTITY_EPOCH.bump();
 }
 
 /// What identity decided, and why.
@@ -348,7 +345,7 @@ impl IdentityClient {
     ) -> Result<idpb::Tenant, Error> {
         // The epoch before asking: a change committed meanwhile makes the
         // answer stale at once.
-        let epoch = (IDENTITY_EPOCH.load(Ordering::Acquire), 0);
+        let epoch = (IDENTITY_EPOCH.current(), 0);
         self.tenants
             .get_or_load(tenant_id.to_owned(), epoch, || async {
                 let mut client =
