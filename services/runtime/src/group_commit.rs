@@ -11,6 +11,13 @@
 //! soon as they are done: one fsync for all of them, and no added wait when
 //! there is no one else.
 //!
+//! A transaction that commits while no other waits to begin one commits the
+//! group itself, in the same call to SQLite as its RELEASE: on SQLite every
+//! call is a hand-off to the connection's worker thread and back, and the
+//! committer would only have committed the same group a moment later.
+//! Likewise a group opens with `BEGIN IMMEDIATE` and its first SAVEPOINT in
+//! one call.
+//!
 //! What each caller sees is unchanged: `commit()` returns once its writes
 //! are durable, or fails if they are not (a failed group COMMIT fails every
 //! member; none of them was acknowledged). A transaction dropped without
@@ -21,7 +28,7 @@
 use std::{
     ops::{Deref, DerefMut},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Weak,
     },
 };
@@ -42,6 +49,9 @@ struct OpenGroup {
     /// The last holder dropped its transaction without committing: its
     /// savepoint is still open and is rolled back before the next use.
     abandoned: bool,
+    /// The last holder committed (or rolled back) the group itself and told
+    /// its members: whoever takes the writer next starts a new one.
+    ended: bool,
     outcome: watch::Sender<Outcome>,
 }
 
@@ -51,6 +61,8 @@ pub(crate) struct Writer {
     group: Arc<Mutex<Option<OpenGroup>>>,
     kick: Arc<Notify>,
     stats: Arc<Stats>,
+    /// Transactions waiting to begin (for the writer).
+    waiting: Arc<AtomicUsize>,
 }
 
 /// Counts since start, for the metrics endpoint: their ratio is the mean
@@ -84,6 +96,7 @@ impl Writer {
             group: Arc::new(Mutex::new(None)),
             kick: Arc::new(Notify::new()),
             stats: Arc::default(),
+            waiting: Arc::default(),
         });
         tokio::spawn(commit_groups(
             Arc::downgrade(&writer),
@@ -103,19 +116,35 @@ impl Writer {
 
     /// Opens a savepoint in the current group, opening a group if none is.
     pub(crate) async fn begin(self: &Arc<Self>) -> Result<GroupTx, sqlx::Error> {
-        let mut slot = self.group.clone().lock_owned().await;
+        let mut slot = {
+            let _waiting = Waiting::on(&self.waiting);
+            self.group.clone().lock_owned().await
+        };
+        // A group its last holder ended: its connection (out of any
+        // transaction once the group committed) opens the next one.
+        let reused = match slot.take_if(|o| o.ended) {
+            Some(ended) if matches!(*ended.outcome.borrow(), Some(Ok(()))) => Some(ended.conn),
+            _ => None,
+        };
         undo_abandoned(&mut slot).await;
         if slot.is_none() {
-            let mut conn = self.pool.acquire().await?;
-            conn.execute("BEGIN IMMEDIATE").await?;
+            let mut conn = match reused {
+                Some(conn) => conn,
+                None => self.pool.acquire().await?,
+            };
+            if let Err(e) = conn.execute("BEGIN IMMEDIATE; SAVEPOINT sovra_tx").await {
+                // The BEGIN may have run: the connection leaves no transaction open.
+                let _ = conn.execute("ROLLBACK").await;
+                return Err(e);
+            }
             *slot = Some(OpenGroup {
                 conn,
                 members: 0,
                 abandoned: false,
+                ended: false,
                 outcome: watch::channel(None).0,
             });
-        }
-        if let Some(open) = slot.as_mut() {
+        } else if let Some(open) = slot.as_mut() {
             if let Err(e) = open.conn.execute("SAVEPOINT sovra_tx").await {
                 // The group can't take a savepoint: it is in no state to go on.
                 if let Some(open) = slot.take() {
@@ -130,7 +159,26 @@ impl Writer {
             open,
             released: false,
             kick: self.kick.clone(),
+            stats: self.stats.clone(),
+            waiting: self.waiting.clone(),
         })
+    }
+}
+
+/// Counts a transaction waiting to begin for as long as it waits (its
+/// caller may give up).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn on(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -138,8 +186,23 @@ impl OpenGroup {
     /// Rolls the whole group back and tells its members it failed (none of
     /// them was acknowledged yet).
     async fn abort(mut self, why: &str) {
+        self.roll_back(why).await;
+    }
+
+    async fn roll_back(&mut self, why: &str) {
         let _ = self.conn.execute("ROLLBACK").await;
         self.outcome.send_replace(Some(Err(why.into())));
+    }
+
+    /// Counts a committed group and tells its members.
+    fn committed(&self, stats: &Stats) {
+        if self.members > 0 {
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            stats
+                .transactions
+                .fetch_add(self.members as u64, Ordering::Relaxed);
+        }
+        self.outcome.send_replace(Some(Ok(())));
     }
 }
 
@@ -171,7 +234,8 @@ async fn commit_groups(writer: Weak<Writer>, kick: Arc<Notify>, stats: Arc<Stats
         };
         let mut slot = group.lock().await;
         undo_abandoned(&mut slot).await;
-        let Some(mut open) = slot.take() else {
+        // An ended group is only let go of: its connection goes back to the pool.
+        let Some(mut open) = slot.take().filter(|o| !o.ended) else {
             continue;
         };
         let end = if open.members == 0 {
@@ -180,15 +244,7 @@ async fn commit_groups(writer: Weak<Writer>, kick: Arc<Notify>, stats: Arc<Stats
             "COMMIT"
         };
         match open.conn.execute(end).await {
-            Ok(_) => {
-                if open.members > 0 {
-                    stats.groups.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .transactions
-                        .fetch_add(open.members as u64, Ordering::Relaxed);
-                }
-                open.outcome.send_replace(Some(Ok(())));
-            }
+            Ok(_) => open.committed(&stats),
             Err(e) => {
                 tracing::error!(error = %e, members = open.members, "group commit failed");
                 open.abort("the group's commit failed").await;
@@ -205,6 +261,8 @@ pub struct GroupTx {
     open: OwnedMappedMutexGuard<Option<OpenGroup>, OpenGroup>,
     released: bool,
     kick: Arc<Notify>,
+    stats: Arc<Stats>,
+    waiting: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for GroupTx {
@@ -217,6 +275,9 @@ impl GroupTx {
     /// Releases the savepoint into the group and waits for the group's
     /// COMMIT: `Ok` means these writes are durable.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            return self.commit_group().await;
+        }
         self.open.conn.execute("RELEASE sovra_tx").await?;
         self.released = true;
         self.open.members += 1;
@@ -230,6 +291,30 @@ impl GroupTx {
         match done.as_ref() {
             Some(Err(why)) => Err(sqlx::Error::Protocol(why.to_string())),
             _ => Ok(()),
+        }
+    }
+}
+
+impl GroupTx {
+    /// No other transaction waits to join: releases the savepoint and
+    /// commits the group (with the members released into it before) in one
+    /// call. If that fails the whole group is rolled back, and its members
+    /// told (none of them was acknowledged yet).
+    async fn commit_group(mut self) -> Result<(), sqlx::Error> {
+        // The savepoint is gone either way: committed, or rolled back with the group.
+        self.released = true;
+        self.open.ended = true;
+        self.open.members += 1;
+        match self.open.conn.execute("RELEASE sovra_tx; COMMIT").await {
+            Ok(_) => {
+                self.open.committed(&self.stats);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, members = self.open.members, "group commit failed");
+                self.open.roll_back("the group's commit failed").await;
+                Err(e)
+            }
         }
     }
 }
@@ -351,6 +436,42 @@ mod tests {
         third.commit().await.unwrap();
         committing.await.unwrap().unwrap();
         assert_eq!(ids(&db).await, vec![1, 3]);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_alone_commits_its_group_itself() {
+        let (db, dir) = scratch().await;
+        for i in 1..=3i64 {
+            let mut tx = db.begin().await.unwrap();
+            sqlx::query("INSERT INTO t (id) VALUES ($1)")
+                .bind(i)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            if i == 2 {
+                // Dropped: rolled back before the next one writes.
+                drop(tx);
+                continue;
+            }
+            tx.commit().await.unwrap();
+            // Durable and visible once acknowledged, before the committer
+            // has let go of the ended group.
+            let seen: Vec<i64> = ids(&db).await;
+            assert!(seen.contains(&i), "{i} committed but not visible: {seen:?}");
+        }
+        // A write on the pool gets the connection the ended group held.
+        sqlx::query("INSERT INTO t (id) VALUES (4)")
+            .execute(db.write())
+            .await
+            .unwrap();
+        assert_eq!(ids(&db).await, vec![1, 3, 4]);
+        assert_eq!(
+            db.commit_groups().unwrap(),
+            (3, 3),
+            "the table's creation and two inserts, a group each"
+        );
         db.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -3,8 +3,10 @@
 //! A mutation's last rows (its audit event, its stored answer, the rows it
 //! creates) are known before any of them is written. On PostgreSQL they go
 //! as one statement, a data-modifying `WITH`: one round trip instead of one
-//! per row. On SQLite, which has no round trips to save, each is its own
-//! statement in the group commit.
+//! per row. On SQLite each row is its own statement, but the rows go
+//! together as one call of several statements: every call is a hand-off to
+//! the connection's worker thread and back (two thread wake-ups), which
+//! costs more CPU than writing a row does.
 //!
 //! A [`Writes`] may start with a guard: a statement that returns a row only
 //! when the change may go ahead (a conditional claim, an insert that does
@@ -151,14 +153,6 @@ impl Insert {
         self
     }
 
-    /// `INSERT INTO t (…) VALUES ($first, …)`, or `SELECT … FROM guard`
-    /// when it depends on the guard.
-    fn sql(&self, first: usize, from_guard: bool) -> String {
-        let mut sql = String::with_capacity(64 + 24 * self.columns.len());
-        self.write_sql(&mut sql, first, from_guard);
-        sql
-    }
-
     /// Appends this row's statement to `sql`, its parameters numbered from
     /// `first`.
     fn write_sql(&self, sql: &mut String, first: usize, from_guard: bool) {
@@ -285,13 +279,20 @@ impl Writes {
                 return Ok(false);
             }
         }
+        // Consecutive rows go to SQLite as one call of several statements:
+        // each call is a hand-off to the connection's worker thread and
+        // back, which costs more than writing a row.
+        let mut rows = Rows::default();
         for item in self.items {
-            let (sql, values) = match item {
-                Item::Insert(i) => (i.sql(1, false), i.values),
-                Item::Alone(s) => (s.sql, s.values),
-            };
-            query(&sql, values).execute(&mut **tx).await?;
+            match item {
+                Item::Insert(i) => rows.add(i),
+                Item::Alone(s) => {
+                    rows.run(tx).await?;
+                    query(&s.sql, s.values).execute(&mut **tx).await?;
+                }
+            }
         }
+        rows.run(tx).await?;
         Ok(true)
     }
 
@@ -539,6 +540,38 @@ impl Job for Batched {
             }
             Some(written)
         })
+    }
+}
+
+/// Rows for SQLite, as one string of `INSERT`s (their parameters numbered
+/// on from one to the next) and their values.
+#[derive(Default)]
+struct Rows {
+    sql: String,
+    args: AnyArguments<'static>,
+    next: usize,
+}
+
+impl Rows {
+    fn add(&mut self, row: Insert) {
+        if self.sql.is_empty() {
+            self.next = 1;
+        } else {
+            self.sql.push_str(";\n");
+        }
+        row.write_sql(&mut self.sql, self.next, false);
+        self.next += row.values.len();
+        bind_all(&mut self.args, row.values);
+    }
+
+    /// Writes the rows gathered so far, if any, and starts over.
+    async fn run(&mut self, tx: &mut Tx) -> Result<(), sqlx::Error> {
+        if self.sql.is_empty() {
+            return Ok(());
+        }
+        let Rows { sql, args, .. } = std::mem::take(self);
+        sqlx::query_with(&sql, args).execute(&mut **tx).await?;
+        Ok(())
     }
 }
 

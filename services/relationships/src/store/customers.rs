@@ -206,28 +206,6 @@ pub async fn set_advisor(
     Ok(())
 }
 
-pub(super) async fn set_delegated(
-    tx: &mut Tx,
-    partner: &str,
-    customer: &str,
-    state: DelegatedState,
-    relationship_id: &str,
-    now: Millis,
-) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE partner_customers SET delegated_state = $3, delegated_relationship_id = $4, updated_at = $5 \
-         WHERE partner_tenant_id = $1 AND customer_tenant_id = $2",
-    )
-    .bind(partner)
-    .bind(customer)
-    .bind(state.as_str())
-    .bind(relationship_id)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// The partner's row for the customer, read outside any transaction (and
 /// on PostgreSQL together with concurrent reads of others: see
 /// [`Lookup`]).

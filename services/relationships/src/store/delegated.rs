@@ -14,7 +14,7 @@ use sqlx::{
 };
 
 use super::{
-    corrupt, customers,
+    corrupt,
     outbox::{self, GrantChange},
 };
 use crate::domain::states::DelegatedState;
@@ -77,8 +77,13 @@ fn from_row(r: &AnyRow) -> Result<Relationship, Error> {
 
 /// Takes the customer's row lock for the rest of the transaction, so
 /// concurrent acceptances, removals and reassignments of one customer run
-/// one after another (PostgreSQL; SQLite has one writer anyway).
+/// one after another. On SQLite there is nothing to take: its write
+/// transactions run one at a time (one writer, held by a transaction from
+/// its start to its commit).
 pub async fn lock_customer(tx: &mut Tx, customer: &str) -> Result<(), Error> {
+    if tx.backend() == Backend::Sqlite {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO customer_locks (customer_tenant_id, n) VALUES ($1, 1) \
          ON CONFLICT (customer_tenant_id) DO UPDATE SET n = customer_locks.n + 1",
@@ -89,51 +94,35 @@ pub async fn lock_customer(tx: &mut Tx, customer: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The next grant version for the pair (1 for the first change).
-async fn next_grant_version(tx: &mut Tx, customer: &str, partner: &str) -> Result<i64, Error> {
-    let (v,): (i64,) = sqlx::query_as(
-        "INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) VALUES ($1, $2, 1) \
-         ON CONFLICT (customer_tenant_id, partner_tenant_id) DO UPDATE SET version = grant_versions.version + 1 \
-         RETURNING version",
-    )
-    .bind(customer)
-    .bind(partner)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(v)
-}
-
 /// Records `rel`'s new state and queues its grant change at `queued_at`,
 /// in `tx`: the relationship row, the partner's customer row, the pair's
-/// next grant version and the outbox row. On PostgreSQL that is one
-/// statement (a grant change is several round trips fewer); on SQLite, with
-/// no round trips to save, four.
+/// next grant version and the outbox row, in one call (on PostgreSQL one
+/// statement; on SQLite four statements sent together, each call there
+/// being a hand-off to the connection's worker thread).
 pub async fn transition(
     tx: &mut Tx,
     rel: &Relationship,
     queued_at: Millis,
 ) -> Result<GrantChange, Error> {
     let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
-    if tx.backend() == Backend::Postgres {
-        let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
-        let row = bind_update(sqlx::query(TRANSITION), rel)
-            .bind(partner)
-            .bind(customer)
-            .bind(queued_at)
-            .bind(&change.id)
-            .bind(queued_at + outbox::INLINE_MS)
-            .fetch_one(&mut **tx)
-            .await?;
-        change.version = row.try_get(0)?;
-        return Ok(change);
-    }
-    update(tx, rel).await?;
-    customers::set_delegated(tx, partner, customer, rel.state, &rel.id, rel.updated_at).await?;
-    let version = next_grant_version(tx, customer, partner).await?;
-    outbox::enqueue(
-        tx, partner, customer, &rel.id, rel.state, version, queued_at,
-    )
-    .await
+    let sql = match tx.backend() {
+        Backend::Postgres => TRANSITION,
+        Backend::Sqlite => TRANSITION_SQLITE,
+    };
+    let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
+    let rows = bind_update(sqlx::query(sql), rel)
+        .bind(partner)
+        .bind(customer)
+        .bind(queued_at)
+        .bind(&change.id)
+        .bind(queued_at + outbox::INLINE_MS)
+        .fetch_all(&mut **tx)
+        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::internal(format!("grant change {} was not queued", change.id)))?;
+    change.version = row.try_get(0)?;
+    Ok(change)
 }
 
 pub async fn active_for_customer(
@@ -247,6 +236,21 @@ const TRANSITION: &str = concat!(
      SELECT $11, $8, $9, $1, $2, version, $10, 0, $12, '' FROM grant_version RETURNING version"
 );
 
+/// [`TRANSITION`] on SQLite, which has no data-modifying `WITH`: the same
+/// parameters, four statements in one call.
+const TRANSITION_SQLITE: &str = concat!(
+    update_sql!(),
+    "; UPDATE partner_customers SET delegated_state = $2, delegated_relationship_id = $1, \
+     updated_at = $7 WHERE partner_tenant_id = $8 AND customer_tenant_id = $9; \
+     INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) \
+     VALUES ($9, $8, 1) ON CONFLICT (customer_tenant_id, partner_tenant_id) \
+     DO UPDATE SET version = grant_versions.version + 1; \
+     INSERT INTO grant_outbox (id, partner_tenant_id, customer_tenant_id, relationship_id, state, \
+     version, created_at, attempts, next_attempt_at, last_error) \
+     SELECT $11, $8, $9, $1, $2, version, $10, 0, $12, '' FROM grant_versions \
+     WHERE customer_tenant_id = $9 AND partner_tenant_id = $8 RETURNING version"
+);
+
 /// Binds `r` as [`update_sql`]'s `$1` … `$7`.
 fn bind_update<'q>(
     q: Query<'q, Any, AnyArguments<'q>>,
@@ -259,13 +263,6 @@ fn bind_update<'q>(
         .bind(r.activated_at)
         .bind(r.ended_at)
         .bind(r.updated_at)
-}
-
-async fn update(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
-    bind_update(sqlx::query(update_sql!()), r)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 /// Which side's relationships to list.

@@ -5,7 +5,7 @@
 
 use sovra_runtime::{
     clock::Millis,
-    db::{Backend, Tx},
+    db::Backend,
     writes::json_text_array,
     Error,
 };
@@ -61,36 +61,6 @@ impl GrantChange {
             attempts: 0,
         }
     }
-}
-
-/// Queues a change written at `now`. The sweep takes it only after
-/// [`INLINE_MS`]: until then it is its request's to deliver.
-pub(super) async fn enqueue(
-    tx: &mut Tx,
-    partner: &str,
-    customer: &str,
-    relationship_id: &str,
-    state: DelegatedState,
-    version: i64,
-    now: Millis,
-) -> Result<GrantChange, Error> {
-    let change = GrantChange::new(partner, customer, relationship_id, state, version);
-    sqlx::query(
-        "INSERT INTO grant_outbox (id, partner_tenant_id, customer_tenant_id, relationship_id, state, \
-         version, created_at, attempts, next_attempt_at, last_error) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, '')",
-    )
-    .bind(&change.id)
-    .bind(partner)
-    .bind(customer)
-    .bind(relationship_id)
-    .bind(state.as_str())
-    .bind(version)
-    .bind(now)
-    .bind(now + INLINE_MS)
-    .execute(&mut **tx)
-    .await?;
-    Ok(change)
 }
 
 /// Changes due for delivery, oldest first.
