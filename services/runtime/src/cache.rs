@@ -270,7 +270,6 @@ mod tests {
         assert_eq!(stripes.of(&key(1000)).current(), 1);
     }
 
-
     /// `get_or_load` that counts its loads and answers `v`.
     async fn get(c: &Cached<&'static str, u32>, stamp: Stamp, loads: &Loads, v: u32) -> u32 {
         c.get_or_load("u", stamp, || async {

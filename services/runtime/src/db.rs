@@ -13,7 +13,7 @@ use sqlx::{any::AnyPoolOptions, AnyConnection, Connection, Executor};
 use crate::{
     batch::Batcher,
     error::Error,
-    group_commit::{GroupTx, Writer},
+    group_commit::{Begun, GroupTx, Solo, Writer},
     lookup::Read,
     pool::{Conn, Pool},
     writes::Batched,
@@ -64,6 +64,12 @@ impl Tx {
             TxKind::Plain(_) => Backend::Sqlite,
         }
     }
+}
+
+/// Where a write goes (see [`Db::begin_or_solo`]).
+pub(crate) enum Write {
+    Tx(Tx),
+    Solo(Solo),
 }
 
 /// sqlx's name for the PostgreSQL backend of an `AnyConnection`.
@@ -125,7 +131,7 @@ pub struct Db {
     /// and point reads on `read` (see [`crate::batch`]).
     write_batcher: Option<Arc<Batcher<Batched>>>,
     read_batcher: Option<Arc<Batcher<Read>>>,
-    writer: Option<Arc<Writer>>,
+    pub(crate) writer: Option<Arc<Writer>>,
     backend: Backend,
 }
 
@@ -500,6 +506,19 @@ impl Db {
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, Error> {
         Ok(self.begin_tx().await?)
+    }
+
+    /// On SQLite, the writer to one transaction sent whole as one call
+    /// when no group is open and no one else waits for it (see
+    /// [`Solo`]); else a transaction, as [`Db::begin`].
+    pub(crate) async fn begin_or_solo(&self) -> Result<Write, sqlx::Error> {
+        match &self.writer {
+            Some(w) => Ok(match w.begin_or_solo().await? {
+                Begun::Group(tx) => Write::Tx(Tx(TxKind::Grouped(tx))),
+                Begun::Solo(solo) => Write::Solo(solo),
+            }),
+            None => self.begin_tx().await.map(Write::Tx),
+        }
     }
 
     pub(crate) async fn begin_tx(&self) -> Result<Tx, sqlx::Error> {

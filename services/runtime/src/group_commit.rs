@@ -16,7 +16,10 @@
 //! call is a hand-off to the connection's worker thread and back, and the
 //! committer would only have committed the same group a moment later.
 //! Likewise a group opens with `BEGIN IMMEDIATE` and its first SAVEPOINT in
-//! one call.
+//! one call. And a transaction whose statements are all known up front (see
+//! `crate::writes`) takes the writer as a [`Solo`] when no group is open and
+//! no one waits: `BEGIN IMMEDIATE`, its statements and `COMMIT` go as one
+//! call.
 //!
 //! What each caller sees is unchanged: `commit()` returns once its writes
 //! are durable, or fails if they are not (a failed group COMMIT fails every
@@ -33,7 +36,11 @@ use std::{
     },
 };
 
-use sqlx::{pool::PoolConnection, Any, AnyConnection, AnyPool, Executor};
+use sqlx::{
+    any::{AnyArguments, AnyRow},
+    pool::PoolConnection,
+    Any, AnyConnection, AnyPool, Executor,
+};
 use tokio::sync::{watch, Mutex, Notify, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 /// A group's outcome: `None` until its COMMIT (or ROLLBACK) is done.
@@ -114,18 +121,55 @@ impl Writer {
         )
     }
 
+    /// The writer, counted as waited for until it is ours.
+    async fn lock(&self) -> OwnedMutexGuard<Option<OpenGroup>> {
+        let _waiting = Waiting::on(&self.waiting);
+        self.group.clone().lock_owned().await
+    }
+
     /// Opens a savepoint in the current group, opening a group if none is.
     pub(crate) async fn begin(self: &Arc<Self>) -> Result<GroupTx, sqlx::Error> {
-        let mut slot = {
-            let _waiting = Waiting::on(&self.waiting);
-            self.group.clone().lock_owned().await
+        let slot = self.lock().await;
+        self.join(slot).await
+    }
+
+    /// The writer to one transaction on its own ([`Solo`]) when no group
+    /// is open and no one else waits for it; else a transaction in the
+    /// group, as [`Writer::begin`].
+    pub(crate) async fn begin_or_solo(self: &Arc<Self>) -> Result<Begun, sqlx::Error> {
+        let mut slot = self.lock().await;
+        let free =
+            slot.as_ref().is_none_or(|o| o.ended) && self.waiting.load(Ordering::Acquire) == 0;
+        if !free {
+            return Ok(Begun::Group(self.join(slot).await?));
+        }
+        let conn = match take_ended(&mut slot).await {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?,
         };
-        // A group its last holder ended: its connection (out of any
-        // transaction once the group committed) opens the next one.
-        let reused = match slot.take_if(|o| o.ended) {
-            Some(ended) if matches!(*ended.outcome.borrow(), Some(Ok(()))) => Some(ended.conn),
-            _ => None,
-        };
+        // Ended from the start: no one joins it.
+        *slot = Some(OpenGroup {
+            conn,
+            members: 0,
+            abandoned: false,
+            ended: true,
+            outcome: watch::channel(None).0,
+        });
+        let open =
+            OwnedMutexGuard::try_map(slot, |s| s.as_mut()).map_err(|_| sqlx::Error::PoolClosed)?;
+        Ok(Begun::Solo(Solo {
+            open,
+            stats: self.stats.clone(),
+            kick: self.kick.clone(),
+        }))
+    }
+
+    /// A savepoint in the group open in `slot`, or in a new one.
+    async fn join(
+        self: &Arc<Self>,
+        mut slot: OwnedMutexGuard<Option<OpenGroup>>,
+    ) -> Result<GroupTx, sqlx::Error> {
+        let reused = take_ended(&mut slot).await;
         undo_abandoned(&mut slot).await;
         if slot.is_none() {
             let mut conn = match reused {
@@ -162,6 +206,82 @@ impl Writer {
             stats: self.stats.clone(),
             waiting: self.waiting.clone(),
         })
+    }
+}
+
+/// Takes an ended group out of `slot`, if it holds one: its connection,
+/// out of any transaction (rolled back, unless the group committed).
+async fn take_ended(slot: &mut Option<OpenGroup>) -> Option<PoolConnection<Any>> {
+    let mut ended = slot.take_if(|o| o.ended)?;
+    let committed = matches!(*ended.outcome.borrow(), Some(Ok(())));
+    if !committed {
+        // A failed or dropped transaction may have left BEGIN open.
+        let _ = ended.conn.execute("ROLLBACK").await;
+    }
+    Some(ended.conn)
+}
+
+/// What [`Writer::begin_or_solo`] gave.
+pub(crate) enum Begun {
+    Group(GroupTx),
+    Solo(Solo),
+}
+
+/// The writer to one transaction, when no group was open and no one else
+/// waited for it: the caller sends the whole transaction, `BEGIN IMMEDIATE`
+/// to `COMMIT`, as one call ([`Solo::run`]). Every call to SQLite is a
+/// hand-off to the connection's worker thread and back; a transaction in a
+/// group makes at least three (its savepoint, its statements, its release
+/// with the COMMIT).
+pub(crate) struct Solo {
+    open: OwnedMappedMutexGuard<Option<OpenGroup>, OpenGroup>,
+    stats: Arc<Stats>,
+    kick: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Solo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Solo").finish_non_exhaustive()
+    }
+}
+
+impl Solo {
+    /// Runs `sql` (statements, `;`-separated) as one transaction in one
+    /// call, and returns the rows they returned. `Ok` means the writes are
+    /// durable; on an error nothing of them is left.
+    pub(crate) async fn run(
+        mut self,
+        sql: &str,
+        args: AnyArguments<'_>,
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let whole = format!("BEGIN IMMEDIATE;\n{sql};\nCOMMIT");
+        let done = sqlx::query_with(&whole, args)
+            .fetch_all(&mut *self.open.conn)
+            .await;
+        match &done {
+            Ok(_) => {
+                self.open.members = 1;
+                self.open.committed(&self.stats);
+            }
+            Err(_) => self.open.roll_back("the transaction failed").await,
+        }
+        done
+    }
+}
+
+impl Drop for Solo {
+    fn drop(&mut self) {
+        // Cut off (its caller went away): whatever ran is rolled back by
+        // whoever takes the writer next (see `take_ended`).
+        self.open.outcome.send_if_modified(|o| {
+            let unfinished = o.is_none();
+            if unfinished {
+                *o = Some(Err("the transaction was cut off".into()));
+            }
+            unfinished
+        });
+        // The committer lets go of the connection if no one else takes it.
+        self.kick.notify_one();
     }
 }
 
@@ -235,7 +355,10 @@ async fn commit_groups(writer: Weak<Writer>, kick: Arc<Notify>, stats: Arc<Stats
         let mut slot = group.lock().await;
         undo_abandoned(&mut slot).await;
         // An ended group is only let go of: its connection goes back to the pool.
-        let Some(mut open) = slot.take().filter(|o| !o.ended) else {
+        if take_ended(&mut slot).await.is_some() {
+            continue;
+        }
+        let Some(mut open) = slot.take() else {
             continue;
         };
         let end = if open.members == 0 {
@@ -472,6 +595,44 @@ mod tests {
             (3, 3),
             "the table's creation and two inserts, a group each"
         );
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_solo_transaction_cut_off_or_failed_leaves_nothing_behind() {
+        let (db, dir) = scratch().await;
+        let Some(writer) = db.writer.clone() else {
+            panic!("SQLite has a writer");
+        };
+        let solo = |sql: &'static str| {
+            let writer = writer.clone();
+            async move {
+                match writer.begin_or_solo().await.unwrap() {
+                    super::Begun::Solo(solo) => solo.run(sql, Default::default()).await,
+                    super::Begun::Group(_) => panic!("the writer was free"),
+                }
+            }
+        };
+        // Dropped before it ran.
+        match writer.begin_or_solo().await.unwrap() {
+            super::Begun::Solo(solo) => drop(solo),
+            super::Begun::Group(_) => panic!("the writer was free"),
+        }
+        // Failed after its first insert: BEGIN was left open, and rolled back.
+        assert!(
+            solo("INSERT INTO t (id) VALUES (1); INSERT INTO t (id) VALUES (1)")
+                .await
+                .is_err()
+        );
+        solo("INSERT INTO t (id) VALUES (2)").await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("INSERT INTO t (id) VALUES (3)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(ids(&db).await, vec![2, 3]);
         db.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -24,7 +24,7 @@ use sqlx::{any::AnyArguments, Any, Arguments, Row};
 
 use crate::{
     batch::Job,
-    db::{Backend, Db, Tx},
+    db::{Backend, Db, Tx, Write},
     pool::Pool,
 };
 
@@ -155,7 +155,7 @@ impl Insert {
 
     /// Appends this row's statement to `sql`, its parameters numbered from
     /// `first`.
-    fn write_sql(&self, sql: &mut String, first: usize, from_guard: bool) {
+    fn write_sql(&self, sql: &mut String, first: usize, source: Source) {
         use std::fmt::Write;
         debug_assert_eq!(self.columns.len(), self.values.len(), "{}", self.table);
         let _ = write!(sql, "INSERT INTO {} (", self.table);
@@ -165,10 +165,9 @@ impl Insert {
             }
             sql.push_str(c);
         }
-        sql.push_str(if from_guard {
-            ") SELECT "
-        } else {
-            ") VALUES ("
+        sql.push_str(match source {
+            Source::Values => ") VALUES (",
+            Source::Guard | Source::Changed => ") SELECT ",
         });
         for n in first..first + self.values.len() {
             if n > first {
@@ -176,8 +175,37 @@ impl Insert {
             }
             let _ = write!(sql, "${n}");
         }
-        sql.push_str(if from_guard { " FROM guard" } else { ")" });
+        sql.push_str(match source {
+            Source::Values => ")",
+            Source::Guard => " FROM guard",
+            Source::Changed => " WHERE changes() > 0",
+        });
     }
+}
+
+impl Source {
+    /// In a folded statement, guarded or not.
+    fn when(guarded: bool) -> Self {
+        if guarded {
+            Source::Guard
+        } else {
+            Source::Values
+        }
+    }
+}
+
+/// Where a row's statement takes its row from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Always written: `VALUES (…)`.
+    Values,
+    /// Written when the guard returned a row (PostgreSQL, inside `WITH`).
+    Guard,
+    /// Written when the statement before it changed a row (SQLite, whose
+    /// `changes()` counts the rows the last statement changed): after a
+    /// guard, each row is written only if the one before it was, so only
+    /// if the guard was.
+    Changed,
 }
 
 /// A statement written by hand, its values bound from `$1`.
@@ -270,6 +298,30 @@ impl Writes {
             }
             return Ok(true);
         }
+        if self.is_empty() {
+            return Ok(true);
+        }
+        if self.has_alone() {
+            return self.run_apart(tx).await;
+        }
+        let chain = self.chain();
+        let rows = sqlx::query_with(&chain.sql, chain.args)
+            .fetch_all(&mut **tx)
+            .await?;
+        Ok(!chain.guarded || !rows.is_empty())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.guard.is_none() && self.items.is_empty()
+    }
+
+    fn has_alone(&self) -> bool {
+        self.items.iter().any(|i| matches!(i, Item::Alone(_)))
+    }
+
+    /// SQLite, with a statement that runs on its own: the guard, then the
+    /// rows between such statements, each a call.
+    async fn run_apart(self, tx: &mut Tx) -> Result<bool, sqlx::Error> {
         if let Some(g) = self.guard {
             if query(&g.sql, g.values)
                 .fetch_optional(&mut **tx)
@@ -279,13 +331,10 @@ impl Writes {
                 return Ok(false);
             }
         }
-        // Consecutive rows go to SQLite as one call of several statements:
-        // each call is a hand-off to the connection's worker thread and
-        // back, which costs more than writing a row.
         let mut rows = Rows::default();
         for item in self.items {
             match item {
-                Item::Insert(i) => rows.add(i),
+                Item::Insert(i) => rows.add(i, Source::Values),
                 Item::Alone(s) => {
                     rows.run(tx).await?;
                     query(&s.sql, s.values).execute(&mut **tx).await?;
@@ -294,6 +343,36 @@ impl Writes {
         }
         rows.run(tx).await?;
         Ok(true)
+    }
+
+    /// SQLite: the guard and the rows as one string of statements, for one
+    /// call (every call is a hand-off to the connection's worker thread);
+    /// after a guard, each row is written only if the statement before it
+    /// changed a row (see [`Source::Changed`]). Without statements that
+    /// run alone.
+    fn chain(self) -> Chain {
+        let mut rows = Rows::default();
+        let guarded = self.guard.is_some();
+        if let Some(g) = self.guard {
+            rows.sql.push_str(&g.sql);
+            rows.next = 1 + g.values.len();
+            bind_all(&mut rows.args, g.values);
+        }
+        let source = if guarded {
+            Source::Changed
+        } else {
+            Source::Values
+        };
+        for item in self.items {
+            if let Item::Insert(i) = item {
+                rows.add(i, source);
+            }
+        }
+        Chain {
+            sql: rows.sql,
+            args: rows.args,
+            guarded,
+        }
     }
 
     /// Writes and commits, as one transaction of their own. On PostgreSQL,
@@ -356,11 +435,24 @@ impl Writes {
     }
 
     async fn commit_on(self, db: &Db, pool: &Pool) -> Result<bool, sqlx::Error> {
-        let alone = self.items.iter().any(|i| matches!(i, Item::Alone(_)));
-        if db.backend() == Backend::Postgres && !alone {
-            return self.commit_folded(pool).await;
+        if self.is_empty() {
+            return Ok(true);
         }
-        let mut tx = db.begin_tx().await?;
+        let alone = self.has_alone();
+        let mut tx = match db.backend() {
+            Backend::Postgres if !alone => return self.commit_folded(pool).await,
+            Backend::Postgres => db.begin_tx().await?,
+            // The whole transaction in one call when the writer is free.
+            Backend::Sqlite if !alone => match db.begin_or_solo().await? {
+                Write::Tx(tx) => tx,
+                Write::Solo(solo) => {
+                    let chain = self.chain();
+                    let rows = solo.run(&chain.sql, chain.args).await?;
+                    return Ok(!chain.guarded || !rows.is_empty());
+                }
+            },
+            Backend::Sqlite => db.begin_tx().await?,
+        };
         if !self.run(&mut tx).await? {
             return Ok(false);
         }
@@ -404,7 +496,7 @@ impl Writes {
         for (k, i) in inserts.into_iter().enumerate() {
             sql.push_str(if sql.is_empty() { "WITH " } else { ", " });
             let _ = std::fmt::Write::write_fmt(&mut sql, format_args!("w{k} AS ("));
-            i.write_sql(&mut sql, n, guarded);
+            i.write_sql(&mut sql, n, Source::when(guarded));
             sql.push(')');
             n += i.values.len();
             bind_all(&mut args, i.values);
@@ -412,7 +504,7 @@ impl Writes {
         if !sql.is_empty() {
             sql.push(' ');
         }
-        last.write_sql(&mut sql, n, guarded);
+        last.write_sql(&mut sql, n, Source::when(guarded));
         bind_all(&mut args, last.values);
         let outcome = if guarded {
             Outcome::Written
@@ -553,13 +645,13 @@ struct Rows {
 }
 
 impl Rows {
-    fn add(&mut self, row: Insert) {
+    fn add(&mut self, row: Insert, source: Source) {
         if self.sql.is_empty() {
             self.next = 1;
         } else {
             self.sql.push_str(";\n");
         }
-        row.write_sql(&mut self.sql, self.next, false);
+        row.write_sql(&mut self.sql, self.next, source);
         self.next += row.values.len();
         bind_all(&mut self.args, row.values);
     }
@@ -573,6 +665,13 @@ impl Rows {
         sqlx::query_with(&sql, args).execute(&mut **tx).await?;
         Ok(())
     }
+}
+
+/// [`Writes::chain`]'s statements.
+struct Chain {
+    sql: String,
+    args: AnyArguments<'static>,
+    guarded: bool,
 }
 
 struct Folded {
@@ -629,7 +728,109 @@ fn bind_all(args: &mut AnyArguments<'_>, values: impl IntoIterator<Item = Value>
 
 #[cfg(test)]
 mod tests {
-    use super::json_string;
+    use super::*;
+
+    /// A scratch SQLite database with a table of keys (`k`, claimed once)
+    /// and a table of rows (`id` unique).
+    async fn scratch() -> (Db, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sovra-writes-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
+        let db = Db::connect("test", &url, 4).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query(
+            "CREATE TABLE k (k TEXT PRIMARY KEY, claimed_by TEXT); \
+             CREATE TABLE r (id TEXT PRIMARY KEY, n BIGINT); \
+             INSERT INTO k (k) VALUES ('a'), ('b')",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        (db, dir)
+    }
+
+    async fn ids(db: &Db) -> Vec<String> {
+        sqlx::query_as::<_, (String,)>("SELECT id FROM r ORDER BY id")
+            .fetch_all(db.read())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.0)
+            .collect()
+    }
+
+    fn row(id: &str, n: i64) -> Insert {
+        Insert::new("r", &["id", "n"]).value(id).value(n)
+    }
+
+    /// Claims key `k` for `by`, writing rows `ids` with it.
+    fn claim(k: &str, by: &str, ids: &[&str]) -> Writes {
+        let mut w = Writes::guarded(
+            "UPDATE k SET claimed_by = $2 WHERE k = $1 AND claimed_by IS NULL RETURNING k",
+            vec![k.into(), by.into()],
+        );
+        for (n, id) in ids.iter().enumerate() {
+            w.insert(row(id, n as i64));
+        }
+        w
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_guarded_rows_are_written_only_when_the_guard_is() {
+        let (db, dir) = scratch().await;
+        // Alone on the writer: one call, BEGIN to COMMIT.
+        assert!(claim("a", "x", &["1", "2", "3"]).commit(&db).await.unwrap());
+        assert!(!claim("a", "y", &["4", "5"]).commit(&db).await.unwrap());
+        // Inside a transaction: the guard and the rows as one call.
+        let mut tx = db.begin().await.unwrap();
+        assert!(!claim("a", "z", &["6"]).run(&mut tx).await.unwrap());
+        assert!(claim("b", "z", &["7", "8"]).run(&mut tx).await.unwrap());
+        tx.commit().await.unwrap();
+        assert_eq!(ids(&db).await, ["1", "2", "3", "7", "8"]);
+        let (groups, transactions) = db.commit_groups().unwrap();
+        assert_eq!((groups, transactions), (4, 4));
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_a_failed_write_alone_leaves_nothing_and_the_writer_goes_on() {
+        let (db, dir) = scratch().await;
+        let mut w = Writes::new();
+        w.insert(row("1", 0));
+        w.insert(row("1", 1));
+        assert!(w.commit(&db).await.is_err(), "a duplicate id must fail");
+        // Nothing of it stayed, the key is unclaimed, and the next write
+        // (alone again) goes through.
+        assert!(claim("a", "x", &["2"]).commit(&db).await.unwrap());
+        assert_eq!(ids(&db).await, ["2"]);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_sqlite_concurrent_claims_of_one_key_write_once() {
+        let (db, dir) = scratch().await;
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let by = format!("c{i}");
+                    let id = format!("{i:02}");
+                    claim("a", &by, &[&id]).commit(&db).await.unwrap()
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for t in tasks {
+            won += t.await.unwrap() as usize;
+        }
+        assert_eq!(won, 1, "one claim wins");
+        assert_eq!(ids(&db).await.len(), 1, "only the winner's row is written");
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn json_strings_escape_quotes_backslashes_and_control_characters_only() {

@@ -3,12 +3,7 @@
 //! deleted after identity answers, many at a time (see
 //! [`crate::outbox::Outbox::remove_acknowledged`]).
 
-use sovra_runtime::{
-    clock::Millis,
-    db::Backend,
-    writes::json_text_array,
-    Error,
-};
+use sovra_runtime::{clock::Millis, db::Backend, writes::json_text_array, Error};
 use sqlx::{any::AnyRow, Any, Executor, Row};
 
 use crate::domain::states::DelegatedState;
