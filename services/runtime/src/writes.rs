@@ -183,17 +183,6 @@ impl Insert {
     }
 }
 
-impl Source {
-    /// In a folded statement, guarded or not.
-    fn when(guarded: bool) -> Self {
-        if guarded {
-            Source::Guard
-        } else {
-            Source::Values
-        }
-    }
-}
-
 /// Where a row's statement takes its row from.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -206,6 +195,17 @@ enum Source {
     /// guard, each row is written only if the one before it was, so only
     /// if the guard was.
     Changed,
+}
+
+impl Source {
+    /// In a folded statement, guarded or not.
+    fn when(guarded: bool) -> Self {
+        if guarded {
+            Source::Guard
+        } else {
+            Source::Values
+        }
+    }
 }
 
 /// A statement written by hand, its values bound from `$1`.
