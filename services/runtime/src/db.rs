@@ -131,7 +131,7 @@ pub struct Db {
     /// and point reads on `read` (see [`crate::batch`]).
     write_batcher: Option<Arc<Batcher<Batched>>>,
     read_batcher: Option<Arc<Batcher<Read>>>,
-    pub(crate) writer: Option<Arc<Writer>>,
+    writer: Option<Arc<Writer>>,
     backend: Backend,
 }
 
@@ -563,4 +563,19 @@ pub fn unique_violation_table(e: &sqlx::Error) -> Option<&str> {
         }),
         _ => None,
     }
+}
+
+/// A SQLite database of its own for a unit test, in a fresh directory
+/// (returned, for the test to remove), with `schema` made in one
+/// transaction (which counts as a commit group).
+#[cfg(test)]
+pub(crate) async fn scratch_sqlite(schema: &str) -> (Db, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("sovra-scratch-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
+    let db = Db::connect("test", &url, 4).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query(schema).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    (db, dir)
 }

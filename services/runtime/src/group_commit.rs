@@ -138,23 +138,13 @@ impl Writer {
     /// group, as [`Writer::begin`].
     pub(crate) async fn begin_or_solo(self: &Arc<Self>) -> Result<Begun, sqlx::Error> {
         let mut slot = self.lock().await;
-        let free =
-            slot.as_ref().is_none_or(|o| o.ended) && self.waiting.load(Ordering::Acquire) == 0;
+        let free = no_group(&slot) && self.waiting.load(Ordering::Acquire) == 0;
         if !free {
             return Ok(Begun::Group(self.join(slot).await?));
         }
-        let conn = match take_ended(&mut slot).await {
-            Some(conn) => conn,
-            None => self.pool.acquire().await?,
-        };
+        let conn = self.connection(&mut slot).await?;
         // Ended from the start: no one joins it.
-        *slot = Some(OpenGroup {
-            conn,
-            members: 0,
-            abandoned: false,
-            ended: true,
-            outcome: watch::channel(None).0,
-        });
+        *slot = Some(OpenGroup::new(conn, true));
         let open =
             OwnedMutexGuard::try_map(slot, |s| s.as_mut()).map_err(|_| sqlx::Error::PoolClosed)?;
         Ok(Begun::Solo(Solo {
@@ -169,25 +159,15 @@ impl Writer {
         self: &Arc<Self>,
         mut slot: OwnedMutexGuard<Option<OpenGroup>>,
     ) -> Result<GroupTx, sqlx::Error> {
-        let reused = take_ended(&mut slot).await;
         undo_abandoned(&mut slot).await;
-        if slot.is_none() {
-            let mut conn = match reused {
-                Some(conn) => conn,
-                None => self.pool.acquire().await?,
-            };
+        if no_group(&slot) {
+            let mut conn = self.connection(&mut slot).await?;
             if let Err(e) = conn.execute("BEGIN IMMEDIATE; SAVEPOINT sovra_tx").await {
                 // The BEGIN may have run: the connection leaves no transaction open.
                 let _ = conn.execute("ROLLBACK").await;
                 return Err(e);
             }
-            *slot = Some(OpenGroup {
-                conn,
-                members: 0,
-                abandoned: false,
-                ended: false,
-                outcome: watch::channel(None).0,
-            });
+            *slot = Some(OpenGroup::new(conn, false));
         } else if let Some(open) = slot.as_mut() {
             if let Err(e) = open.conn.execute("SAVEPOINT sovra_tx").await {
                 // The group can't take a savepoint: it is in no state to go on.
@@ -207,6 +187,26 @@ impl Writer {
             waiting: self.waiting.clone(),
         })
     }
+}
+
+impl Writer {
+    /// A connection for a new group: the one an ended group in `slot` held,
+    /// else one from the pool.
+    async fn connection(
+        &self,
+        slot: &mut Option<OpenGroup>,
+    ) -> Result<PoolConnection<Any>, sqlx::Error> {
+        match take_ended(slot).await {
+            Some(conn) => Ok(conn),
+            None => self.pool.acquire().await,
+        }
+    }
+}
+
+/// Whether no group is open for a transaction to join (none, or one its
+/// last holder ended).
+fn no_group(slot: &Option<OpenGroup>) -> bool {
+    slot.as_ref().is_none_or(|o| o.ended)
 }
 
 /// Takes an ended group out of `slot`, if it holds one: its connection,
@@ -303,6 +303,18 @@ impl Drop for Waiting<'_> {
 }
 
 impl OpenGroup {
+    /// A group on `conn`, whose transaction was begun; `ended` when no
+    /// transaction may join it (a [`Solo`]'s).
+    fn new(conn: PoolConnection<Any>, ended: bool) -> Self {
+        Self {
+            conn,
+            members: 0,
+            abandoned: false,
+            ended,
+            outcome: watch::channel(None).0,
+        }
+    }
+
     /// Rolls the whole group back and tells its members it failed (none of
     /// them was acknowledged yet).
     async fn abort(mut self, why: &str) {
@@ -312,6 +324,24 @@ impl OpenGroup {
     async fn roll_back(&mut self, why: &str) {
         let _ = self.conn.execute("ROLLBACK").await;
         self.outcome.send_replace(Some(Err(why.into())));
+    }
+
+    /// Tells the members how the group's COMMIT went (`done`): on a failure
+    /// the group is rolled back, none of them having been acknowledged.
+    async fn settle(
+        &mut self,
+        done: Result<(), sqlx::Error>,
+        stats: &Stats,
+    ) -> Result<(), sqlx::Error> {
+        match done {
+            Ok(()) => self.committed(stats),
+            Err(e) => {
+                tracing::error!(error = %e, members = self.members, "group commit failed");
+                self.roll_back("the group's commit failed").await;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Counts a committed group and tells its members.
@@ -366,13 +396,9 @@ async fn commit_groups(writer: Weak<Writer>, kick: Arc<Notify>, stats: Arc<Stats
         } else {
             "COMMIT"
         };
-        match open.conn.execute(end).await {
-            Ok(_) => open.committed(&stats),
-            Err(e) => {
-                tracing::error!(error = %e, members = open.members, "group commit failed");
-                open.abort("the group's commit failed").await;
-            }
-        }
+        let done = open.conn.execute(end).await.map(|_| ());
+        // A failure is logged and told to the members, whose commit() returns it.
+        let _ = open.settle(done, &stats).await;
         // The connection goes back to the pool with the guard released.
         drop(slot);
     }
@@ -416,9 +442,7 @@ impl GroupTx {
             _ => Ok(()),
         }
     }
-}
 
-impl GroupTx {
     /// No other transaction waits to join: releases the savepoint and
     /// commits the group (with the members released into it before) in one
     /// call. If that fails the whole group is rolled back, and its members
@@ -428,17 +452,13 @@ impl GroupTx {
         self.released = true;
         self.open.ended = true;
         self.open.members += 1;
-        match self.open.conn.execute("RELEASE sovra_tx; COMMIT").await {
-            Ok(_) => {
-                self.open.committed(&self.stats);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, members = self.open.members, "group commit failed");
-                self.open.roll_back("the group's commit failed").await;
-                Err(e)
-            }
-        }
+        let done = self
+            .open
+            .conn
+            .execute("RELEASE sovra_tx; COMMIT")
+            .await
+            .map(|_| ());
+        self.open.settle(done, &self.stats).await
     }
 }
 
@@ -467,20 +487,10 @@ impl DerefMut for GroupTx {
 
 #[cfg(test)]
 mod tests {
-    use crate::db::Db;
+    use crate::db::{scratch_sqlite, Db, Write};
 
     async fn scratch() -> (Db, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("sovra-group-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
-        let db = Db::connect("test", &url, 4).await.unwrap();
-        let mut tx = db.begin().await.unwrap();
-        sqlx::query("CREATE TABLE t (id BIGINT PRIMARY KEY)")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        (db, dir)
+        scratch_sqlite("CREATE TABLE t (id BIGINT PRIMARY KEY)").await
     }
 
     async fn ids(db: &Db) -> Vec<i64> {
@@ -602,22 +612,19 @@ mod tests {
     #[tokio::test]
     async fn a_solo_transaction_cut_off_or_failed_leaves_nothing_behind() {
         let (db, dir) = scratch().await;
-        let Some(writer) = db.writer.clone() else {
-            panic!("SQLite has a writer");
-        };
         let solo = |sql: &'static str| {
-            let writer = writer.clone();
+            let db = db.clone();
             async move {
-                match writer.begin_or_solo().await.unwrap() {
-                    super::Begun::Solo(solo) => solo.run(sql, Default::default()).await,
-                    super::Begun::Group(_) => panic!("the writer was free"),
+                match db.begin_or_solo().await.unwrap() {
+                    Write::Solo(solo) => solo.run(sql, Default::default()).await,
+                    Write::Tx(_) => panic!("the writer was free"),
                 }
             }
         };
         // Dropped before it ran.
-        match writer.begin_or_solo().await.unwrap() {
-            super::Begun::Solo(solo) => drop(solo),
-            super::Begun::Group(_) => panic!("the writer was free"),
+        match db.begin_or_solo().await.unwrap() {
+            Write::Solo(solo) => drop(solo),
+            Write::Tx(_) => panic!("the writer was free"),
         }
         // Failed after its first insert: BEGIN was left open, and rolled back.
         assert!(

@@ -304,11 +304,11 @@ impl Writes {
         if self.has_alone() {
             return self.run_apart(tx).await;
         }
-        let chain = self.chain();
-        let rows = sqlx::query_with(&chain.sql, chain.args)
+        let Chain { rows, guarded } = self.chain();
+        let returned = sqlx::query_with(&rows.sql, rows.args)
             .fetch_all(&mut **tx)
             .await?;
-        Ok(!chain.guarded || !rows.is_empty())
+        Ok(written(guarded, &returned))
     }
 
     fn is_empty(&self) -> bool {
@@ -355,7 +355,7 @@ impl Writes {
         let guarded = self.guard.is_some();
         if let Some(g) = self.guard {
             rows.sql.push_str(&g.sql);
-            rows.next = 1 + g.values.len();
+            rows.next += g.values.len();
             bind_all(&mut rows.args, g.values);
         }
         let source = if guarded {
@@ -368,11 +368,7 @@ impl Writes {
                 rows.add(i, source);
             }
         }
-        Chain {
-            sql: rows.sql,
-            args: rows.args,
-            guarded,
-        }
+        Chain { rows, guarded }
     }
 
     /// Writes and commits, as one transaction of their own. On PostgreSQL,
@@ -446,9 +442,9 @@ impl Writes {
             Backend::Sqlite if !alone => match db.begin_or_solo().await? {
                 Write::Tx(tx) => tx,
                 Write::Solo(solo) => {
-                    let chain = self.chain();
-                    let rows = solo.run(&chain.sql, chain.args).await?;
-                    return Ok(!chain.guarded || !rows.is_empty());
+                    let Chain { rows, guarded } = self.chain();
+                    let returned = solo.run(&rows.sql, rows.args).await?;
+                    return Ok(written(guarded, &returned));
                 }
             },
             Backend::Sqlite => db.begin_tx().await?,
@@ -637,18 +633,26 @@ impl Job for Batched {
 
 /// Rows for SQLite, as one string of `INSERT`s (their parameters numbered
 /// on from one to the next) and their values.
-#[derive(Default)]
 struct Rows {
     sql: String,
     args: AnyArguments<'static>,
+    /// The next parameter's number.
     next: usize,
+}
+
+impl Default for Rows {
+    fn default() -> Self {
+        Self {
+            sql: String::new(),
+            args: AnyArguments::default(),
+            next: 1,
+        }
+    }
 }
 
 impl Rows {
     fn add(&mut self, row: Insert, source: Source) {
-        if self.sql.is_empty() {
-            self.next = 1;
-        } else {
+        if !self.sql.is_empty() {
             self.sql.push_str(";\n");
         }
         row.write_sql(&mut self.sql, self.next, source);
@@ -667,11 +671,16 @@ impl Rows {
     }
 }
 
-/// [`Writes::chain`]'s statements.
+/// [`Writes::chain`]'s statements, and whether a guard leads them.
 struct Chain {
-    sql: String,
-    args: AnyArguments<'static>,
+    rows: Rows,
     guarded: bool,
+}
+
+/// Whether a chain's rows were written, from the rows its statements
+/// returned: only a guard returns any.
+fn written(guarded: bool, returned: &[sqlx::any::AnyRow]) -> bool {
+    !guarded || !returned.is_empty()
 }
 
 struct Folded {
@@ -733,21 +742,12 @@ mod tests {
     /// A scratch SQLite database with a table of keys (`k`, claimed once)
     /// and a table of rows (`id` unique).
     async fn scratch() -> (Db, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("sovra-writes-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
-        let db = Db::connect("test", &url, 4).await.unwrap();
-        let mut tx = db.begin().await.unwrap();
-        sqlx::query(
+        crate::db::scratch_sqlite(
             "CREATE TABLE k (k TEXT PRIMARY KEY, claimed_by TEXT); \
              CREATE TABLE r (id TEXT PRIMARY KEY, n BIGINT); \
              INSERT INTO k (k) VALUES ('a'), ('b')",
         )
-        .execute(&mut *tx)
         .await
-        .unwrap();
-        tx.commit().await.unwrap();
-        (db, dir)
     }
 
     async fn ids(db: &Db) -> Vec<String> {

@@ -219,6 +219,34 @@ macro_rules! update_sql {
     };
 }
 
+/// The partner's customer row of a transition (`$1`, `$2`, `$7` as in
+/// [`update_sql`]; partner `$8`, customer `$9`).
+macro_rules! book_sql {
+    () => {
+        "UPDATE partner_customers SET delegated_state = $2, delegated_relationship_id = $1, \
+         updated_at = $7 WHERE partner_tenant_id = $8 AND customer_tenant_id = $9"
+    };
+}
+
+/// The pair's next grant version (partner `$8`, customer `$9`).
+macro_rules! grant_version_sql {
+    () => {
+        "INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) \
+         VALUES ($9, $8, 1) ON CONFLICT (customer_tenant_id, partner_tenant_id) \
+         DO UPDATE SET version = grant_versions.version + 1"
+    };
+}
+
+/// The queued change `$11` at `$10`, due at `$12`, taking `version` from
+/// the row source that follows it.
+macro_rules! outbox_sql {
+    () => {
+        "INSERT INTO grant_outbox (id, partner_tenant_id, customer_tenant_id, relationship_id, state, \
+         version, created_at, attempts, next_attempt_at, last_error) \
+         SELECT $11, $8, $9, $1, $2, version, $10, 0, $12, ''"
+    };
+}
+
 /// What [`transition`] writes on PostgreSQL, as one statement: the
 /// relationship (`$1` … `$7`), the partner's customer row (`$8`, `$9`), the
 /// pair's next grant version and the change `$11` queued at `$10`, due at
@@ -226,29 +254,26 @@ macro_rules! update_sql {
 const TRANSITION: &str = concat!(
     "WITH rel AS (",
     update_sql!(),
-    "), book AS (UPDATE partner_customers SET delegated_state = $2, delegated_relationship_id = $1, \
-     updated_at = $7 WHERE partner_tenant_id = $8 AND customer_tenant_id = $9), \
-     grant_version AS (INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) \
-     VALUES ($9, $8, 1) ON CONFLICT (customer_tenant_id, partner_tenant_id) \
-     DO UPDATE SET version = grant_versions.version + 1 RETURNING version) \
-     INSERT INTO grant_outbox (id, partner_tenant_id, customer_tenant_id, relationship_id, state, \
-     version, created_at, attempts, next_attempt_at, last_error) \
-     SELECT $11, $8, $9, $1, $2, version, $10, 0, $12, '' FROM grant_version RETURNING version"
+    "), book AS (",
+    book_sql!(),
+    "), grant_version AS (",
+    grant_version_sql!(),
+    " RETURNING version) ",
+    outbox_sql!(),
+    " FROM grant_version RETURNING version"
 );
 
 /// [`TRANSITION`] on SQLite, which has no data-modifying `WITH`: the same
-/// parameters, four statements in one call.
+/// statements and parameters, four statements in one call.
 const TRANSITION_SQLITE: &str = concat!(
     update_sql!(),
-    "; UPDATE partner_customers SET delegated_state = $2, delegated_relationship_id = $1, \
-     updated_at = $7 WHERE partner_tenant_id = $8 AND customer_tenant_id = $9; \
-     INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) \
-     VALUES ($9, $8, 1) ON CONFLICT (customer_tenant_id, partner_tenant_id) \
-     DO UPDATE SET version = grant_versions.version + 1; \
-     INSERT INTO grant_outbox (id, partner_tenant_id, customer_tenant_id, relationship_id, state, \
-     version, created_at, attempts, next_attempt_at, last_error) \
-     SELECT $11, $8, $9, $1, $2, version, $10, 0, $12, '' FROM grant_versions \
-     WHERE customer_tenant_id = $9 AND partner_tenant_id = $8 RETURNING version"
+    "; ",
+    book_sql!(),
+    "; ",
+    grant_version_sql!(),
+    "; ",
+    outbox_sql!(),
+    " FROM grant_versions WHERE customer_tenant_id = $9 AND partner_tenant_id = $8 RETURNING version"
 );
 
 /// Binds `r` as [`update_sql`]'s `$1` … `$7`.
