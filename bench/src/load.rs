@@ -6,6 +6,7 @@
 //! (no coordinated omission).
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::Arc,
     time::{Duration, Instant},
@@ -74,6 +75,9 @@ pub struct Outcome {
     pub server_cpu: f64,
     /// The whole machine's CPU time over the run (see [`MachineTicks`]).
     pub machine: MachineTicks,
+    /// CPU seconds used over the run by every process but the client, the
+    /// server and PostgreSQL's (see [`Outcome::disturbed`]).
+    pub others_cpu: f64,
 }
 
 impl Outcome {
@@ -102,7 +106,23 @@ impl Outcome {
         let t = self.elapsed.as_secs_f64();
         (self.client_cpu / t, self.server_cpu / t)
     }
+
+    /// Whether something else on the machine took a share of its two
+    /// cores during the run that decides a tail: more than
+    /// [`DISTURBING_CPU`] of other processes' CPU.
+    pub fn disturbed(&self) -> bool {
+        self.others_cpu > DISTURBING_CPU
+    }
 }
+
+/// CPU seconds of other processes over one run beyond which a run is
+/// disturbed. Seen on the machines of docs/benchmarks.md: 0.02–0.15 s in a
+/// quiet 12 s run (kernel threads, the other local servers idling), and
+/// about 0.5 s at once when the machine's RabbitMQ starts an Erlang VM
+/// (`epmd-starter`, once a minute), which holds one of the two cores for
+/// about 0.4 s and stalls whatever shares it: p99s of 50–300 ms in runs
+/// whose undisturbed twins read 10 ms.
+pub const DISTURBING_CPU: f64 = 0.3;
 
 /// The same fixed-rate run made several times, alternating with the runs it
 /// is compared with. A verdict reads the run with the median p99, so one
@@ -207,10 +227,8 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
     };
     // Fields after the command name (which may hold spaces) in parentheses.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15; here 0-based after the state (field 3).
-    (ticks(11) + ticks(12)) / 100.0
+    // utime and stime.
+    stat_seconds(rest, 2)
 }
 
 /// CPU seconds every process named `name` has used (utime + stime, as
@@ -228,6 +246,9 @@ pub fn cpu_seconds_named(name: &str) -> f64 {
         .map(|pid| cpu_seconds(Some(pid)))
         .sum()
 }
+
+/// The kernel's clock ticks (USER_HZ) in /proc: 100 a second on Linux.
+const TICKS_PER_SECOND: f64 = 100.0;
 
 /// The machine's CPU time (all cores) from the first line of /proc/stat, in
 /// ticks: how much was idle, and how much the hypervisor gave to other
@@ -319,14 +340,17 @@ where
     let period = spec
         .rate
         .map(|r| Duration::from_secs_f64(workers as f64 / r.max(0.001)));
-    let cpu = std::sync::Mutex::new(None::<(f64, f64, MachineTicks)>);
-    let cpu = Arc::new(cpu);
+    // The CPU counters as measuring begins, read off the load's own workers
+    // (reading every process in /proc takes a few milliseconds).
+    let mark = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        tokio::task::spawn_blocking(move || CpuMark::now(server)).await
+    });
     let mut tasks = Vec::with_capacity(workers);
     for w in 0..workers {
         let channel = channels[w % channels.len()].clone();
         let call = call.clone();
         let seq = seq.clone();
-        let cpu = cpu.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut lost_hist = histogram();
@@ -347,16 +371,6 @@ where
                 };
                 if start >= end {
                     break;
-                }
-                if w == 0 && start >= measure_from {
-                    let mut c = cpu.lock().unwrap();
-                    if c.is_none() {
-                        *c = Some((
-                            cpu_seconds(None),
-                            cpu_seconds(Some(server)),
-                            MachineTicks::now(),
-                        ));
-                    }
                 }
                 let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if spec.limit.is_some_and(|l| n >= l) {
@@ -401,11 +415,16 @@ where
         }
     }
     let elapsed = Instant::now().saturating_duration_since(measure_from);
-    let (c0, s0, m0) = cpu.lock().unwrap().unwrap_or((
-        cpu_seconds(None),
-        cpu_seconds(Some(server)),
-        MachineTicks::now(),
-    ));
+    // A run cut short by its limit before measuring began has no mark.
+    let start = match mark.is_finished() {
+        true => mark.await.ok().and_then(Result::ok),
+        false => {
+            mark.abort();
+            None
+        }
+    }
+    .unwrap_or_else(|| CpuMark::now(server));
+    let (client_cpu, server_cpu, machine, others_cpu) = CpuMark::now(server).since(&start);
     Outcome {
         ok,
         lost,
@@ -414,10 +433,84 @@ where
         first_error,
         elapsed,
         hist,
-        client_cpu: cpu_seconds(None) - c0,
-        server_cpu: cpu_seconds(Some(server)) - s0,
-        machine: MachineTicks::now().since(m0),
+        client_cpu,
+        server_cpu,
+        machine,
+        others_cpu,
     }
+}
+
+/// CPU counters read at one moment: this process (the client), the
+/// server, the machine, and every other process but PostgreSQL's.
+#[derive(Debug, Clone)]
+struct CpuMark {
+    client: f64,
+    server: f64,
+    machine: MachineTicks,
+    others: HashMap<u32, f64>,
+}
+
+impl CpuMark {
+    fn now(server: u32) -> Self {
+        let me = std::process::id();
+        let others = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != me && pid != server)
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let (name, rest) = stat.split_once(" (")?.1.rsplit_once(')')?;
+                (name != "postgres").then(|| (pid, reaped_too(rest)))
+            })
+            .collect();
+        Self {
+            client: cpu_seconds(None),
+            server: cpu_seconds(Some(server)),
+            machine: MachineTicks::now(),
+            others,
+        }
+    }
+
+    /// Since `earlier`: the client's and the server's CPU seconds, the
+    /// machine's ticks, and the CPU seconds every other process used (one
+    /// that began since counts in full; one that ended since, in the
+    /// parent that reaped it).
+    fn since(&self, earlier: &Self) -> (f64, f64, MachineTicks, f64) {
+        let others = self
+            .others
+            .iter()
+            .map(|(pid, now)| now - earlier.others.get(pid).copied().unwrap_or(0.0))
+            // A pid used again by a process that used less.
+            .filter(|d| *d > 0.0)
+            .sum();
+        (
+            self.client - earlier.client,
+            self.server - earlier.server,
+            self.machine.since(earlier.machine),
+            others,
+        )
+    }
+}
+
+/// A process's CPU seconds and its reaped children's, from what follows
+/// the command name in /proc/PID/stat.
+fn reaped_too(rest: &str) -> f64 {
+    // utime, stime, cutime, cstime.
+    stat_seconds(rest, 4)
+}
+
+/// The first `n` CPU-time fields of /proc/PID/stat (utime, stime, cutime,
+/// cstime: fields 14–17) in seconds, from what follows the command name.
+fn stat_seconds(rest: &str, n: usize) -> f64 {
+    // 0-based after the command name, field 14 is the 12th.
+    rest.split_whitespace()
+        .skip(11)
+        .take(n)
+        .map(|v| v.parse::<f64>().unwrap_or(0.0))
+        .sum::<f64>()
+        / TICKS_PER_SECOND
 }
 
 #[cfg(test)]
@@ -431,15 +524,9 @@ mod tests {
             hist.record(p99_us).unwrap();
             Outcome {
                 ok: 1,
-                lost: 0,
-                lost_hist: histogram(),
                 errors,
-                first_error: None,
-                elapsed: Duration::from_secs(1),
                 hist,
-                client_cpu: 0.0,
-                server_cpu: 0.0,
-                machine: MachineTicks::default(),
+                ..empty_outcome()
             }
         };
         let mut r = Repeated::default();
@@ -458,15 +545,8 @@ mod tests {
     fn pairs_are_read_at_their_median_ratio() {
         let run = |ok: u64, errors: u64| Outcome {
             ok,
-            lost: 0,
-            lost_hist: histogram(),
             errors,
-            first_error: None,
-            elapsed: Duration::from_secs(1),
-            hist: histogram(),
-            client_cpu: 0.0,
-            server_cpu: 0.0,
-            machine: MachineTicks::default(),
+            ..empty_outcome()
         };
         let mut p = Pairs::default();
         assert_eq!(p.median_ratio(), 0.0);
@@ -495,6 +575,55 @@ mod tests {
         assert!((steal - 400.0 / 900.0).abs() < 1e-9);
         assert_eq!(MachineTicks::default().shares(), (0.0, 0.0));
         assert!(MachineTicks::now().total > 0.0, "read from this machine");
+    }
+
+    #[test]
+    fn other_processes_cpu_counts_new_processes_and_reaped_children() {
+        // After the command name: state, ppid … utime (14), stime, cutime,
+        // cstime (17), as in /proc/PID/stat.
+        let stat = |utime: u32, cutime: u32| {
+            format!(" S 1 1 1 0 -1 0 0 0 0 0 {utime} 5 {cutime} 0 20 0 1 0")
+        };
+        assert_eq!(reaped_too(&stat(40, 50)), 0.95);
+        let mark = |others: &[(u32, f64)]| CpuMark {
+            client: 1.0,
+            server: 2.0,
+            machine: MachineTicks::default(),
+            others: others.iter().copied().collect(),
+        };
+        let before = mark(&[(10, 0.5), (11, 3.0), (12, 0.2)]);
+        // 10 reaped a child (+0.5 s), 12 ended, 13 began (0.1 s), and 11 is
+        // a new process under a reused pid that used less than the old one.
+        let after = mark(&[(10, 1.0), (11, 0.1), (13, 0.1)]);
+        let (client, server, _, others) = after.since(&before);
+        assert_eq!((client, server), (0.0, 0.0));
+        assert!((others - 0.6).abs() < 1e-9, "{others}");
+        let run = |others_cpu| Outcome {
+            others_cpu,
+            ..empty_outcome()
+        };
+        assert!(!run(DISTURBING_CPU).disturbed());
+        assert!(run(DISTURBING_CPU + 0.01).disturbed());
+        // This machine's processes, read twice: some CPU, never negative.
+        let me = CpuMark::now(std::process::id());
+        assert!(!me.others.contains_key(&std::process::id()));
+        assert!(CpuMark::now(std::process::id()).since(&me).3 >= 0.0);
+    }
+
+    fn empty_outcome() -> Outcome {
+        Outcome {
+            ok: 0,
+            lost: 0,
+            lost_hist: histogram(),
+            errors: 0,
+            first_error: None,
+            elapsed: Duration::from_secs(1),
+            hist: histogram(),
+            client_cpu: 0.0,
+            server_cpu: 0.0,
+            machine: MachineTicks::default(),
+            others_cpu: 0.0,
+        }
     }
 
     #[test]

@@ -34,11 +34,12 @@ impl Report {
         let (c, s) = outcome.cores();
         let (idle, steal) = outcome.machine.shares();
         println!(
-            "{name:<44} {backend:<10} {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms p99.9 {:>7.2} ms cpu client {c:.2} server {s:.2} idle {:.0}% steal {:.0}% errors {}",
+            "{name:<44} {backend:<10} {:>9.0}/s p50 {:>7.2} ms p99 {:>7.2} ms p99.9 {:>7.2} ms cpu client {c:.2} server {s:.2} others {:.2} s idle {:.0}% steal {:.0}% errors {}",
             outcome.throughput(),
             outcome.ms(0.5),
             outcome.ms(0.99),
             outcome.ms(0.999),
+            outcome.others_cpu,
             idle * 100.0,
             steal * 100.0,
             outcome.errors,
@@ -114,7 +115,7 @@ impl Report {
         let _ = writeln!(out, "\n## Runs\n");
         let _ = writeln!(
             out,
-            "| run | backend | req/s | p50 ms | p99 ms | p99.9 ms | client cores | server cores | machine idle | steal | errors |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "| run | backend | req/s | p50 ms | p99 ms | p99.9 ms | client cores | server cores | others' CPU s | machine idle | steal | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in &self.runs {
             let o = &r.outcome;
@@ -122,13 +123,14 @@ impl Report {
             let (idle, steal) = o.machine.shares();
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {c:.2} | {s:.2} | {:.0}% | {:.0}% | {} |",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {c:.2} | {s:.2} | {:.2} | {:.0}% | {:.0}% | {} |",
                 r.name,
                 r.backend,
                 o.throughput(),
                 o.ms(0.5),
                 o.ms(0.99),
                 o.ms(0.999),
+                o.others_cpu,
                 idle * 100.0,
                 steal * 100.0,
                 o.errors

@@ -341,11 +341,13 @@ async fn on_backend(
     let b2 = procs::baseline(Mode::Select, &b.url("b2"))?;
     let ch = procs::plain(b2.addr, n).await?;
     report.run("B2 select, max rate", label, base_load(max, &b2, &ch).await);
-    let b2_lat = report.run(
+    let b2_lat = undisturbed(
+        report,
         &format!("B2 select, {} in flight", lat.connections * lat.inflight),
         label,
-        base_load(lat, &b2, &ch).await,
-    );
+        || base_load(lat, &b2, &ch),
+    )
+    .await;
     drop(b2);
 
     // Sovra.
@@ -411,6 +413,31 @@ async fn on_backend(
     Ok(own)
 }
 
+/// A run read for a tail figure (1b, 1c, 2, 5 and B2's for 5b), made again, at most
+/// twice, while another process on the machine disturbed it (see
+/// [`Outcome::disturbed`]): a p99 is decided by the worst 1% of the
+/// requests, and on two cores a burst from anything else makes that 1%.
+/// Baselines and Sovra's runs go through this alike; a disturbed run is in
+/// the report, marked, and not read.
+async fn undisturbed<F, Fut>(report: &mut Report, name: &str, backend: &str, mut make: F) -> Outcome
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
+    for _ in 0..2 {
+        let run = make().await;
+        if !run.disturbed() {
+            return report.run(name, backend, run);
+        }
+        let note = format!(
+            "{name} (disturbed: other processes used {:.2} s of CPU; run again, not read)",
+            run.others_cpu
+        );
+        report.run(&note, backend, run);
+    }
+    report.run(name, backend, make().await)
+}
+
 /// Figure 1: CheckAccess against B0, own role and delegated.
 /// Returns the own-role and the delegated maximum rates.
 async fn figure_1(s: &Scene<'_>, report: &mut Report, b0: &B0) -> (Outcome, f64) {
@@ -436,21 +463,33 @@ async fn figure_1(s: &Scene<'_>, report: &mut Report, b0: &B0) -> (Outcome, f64)
     for r in 1..=args.repeats {
         let tag = args.run_tag(r);
         let spec = args.spec(Some(half));
-        b0_half.push(report.run(
-            &format!("B0 echo at {half:.0}/s{tag}"),
-            "—",
-            base_load(spec, &b0.proc, &b0.ch).await,
-        ));
-        own_half.push(report.run(
-            &format!("CheckAccess own role at {half:.0}/s{tag}"),
-            label,
-            s.own_role(spec).await,
-        ));
-        delegated_half.push(report.run(
-            &format!("CheckAccess delegated at {half:.0}/s{tag}"),
-            label,
-            s.delegated(spec).await,
-        ));
+        b0_half.push(
+            undisturbed(
+                report,
+                &format!("B0 echo at {half:.0}/s{tag}"),
+                "—",
+                || base_load(spec, &b0.proc, &b0.ch),
+            )
+            .await,
+        );
+        own_half.push(
+            undisturbed(
+                report,
+                &format!("CheckAccess own role at {half:.0}/s{tag}"),
+                label,
+                || s.own_role(spec),
+            )
+            .await,
+        );
+        delegated_half.push(
+            undisturbed(
+                report,
+                &format!("CheckAccess delegated at {half:.0}/s{tag}"),
+                label,
+                || s.delegated(spec),
+            )
+            .await,
+        );
     }
     throughput_figure(
         report,
@@ -540,18 +579,23 @@ async fn figure_2(
     }
     // Read-only and with grant changes in turn.
     let (mut read_only, mut mixed) = (Repeated::default(), Repeated::default());
-    let mut churned_for = Duration::ZERO;
+    // Every run with changes counts, disturbed or not: the changes made are.
+    let churned_for = std::cell::Cell::new(Duration::ZERO);
     let delegated_at = |r: f64, what: &str| format!("CheckAccess delegated at {r:.0}/s, {what}");
     let delegated = |what: &str, r: u32| delegated_at(rate, what) + &args.run_tag(r);
     let load = || s.delegated(spec);
     for r in 1..=args.repeats {
-        read_only.push(report.run(&delegated("read-only", r), label, load().await));
-        churning.store(true, Ordering::Relaxed);
-        let started = Instant::now();
-        let run = load().await;
-        churning.store(false, Ordering::Relaxed);
-        churned_for += started.elapsed();
-        mixed.push(report.run(&delegated("1% grant changes", r), label, run));
+        read_only.push(undisturbed(report, &delegated("read-only", r), label, load).await);
+        let name = delegated("1% grant changes", r);
+        let churned = undisturbed(report, &name, label, || async {
+            churning.store(true, Ordering::Relaxed);
+            let started = Instant::now();
+            let run = load().await;
+            churning.store(false, Ordering::Relaxed);
+            churned_for.set(churned_for.get() + started.elapsed());
+            run
+        });
+        mixed.push(churned.await);
     }
     // What one grant change costs, apart from the checks: the same churn
     // beside checks at a trickle, against the trickle alone. Figure 2 adds
@@ -625,7 +669,7 @@ async fn figure_2(
             p99_vs(mixed.median(), read_only.median()),
             mixed.p99s(),
             read_only.p99s(),
-            100.0 * made as f64 / churned_for.as_secs_f64().max(1e-3) / rate,
+            100.0 * made as f64 / churned_for.get().as_secs_f64().max(1e-3) / rate,
         ),
         "≤ 1.5×",
         Some(
@@ -988,26 +1032,28 @@ async fn figure_5(
         page_token,
         min,
     };
-    let first = report.run(
-        "ListCustomers page 1",
-        label,
-        lists::load_page(lat, ch, pid, who, page("", "", 50)).await,
-    );
-    let thousandth = report.run(
+    let first = undisturbed(report, "ListCustomers page 1", label, || {
+        lists::load_page(lat, ch, pid, who, page("", "", 50))
+    })
+    .await;
+    let thousandth = undisturbed(
+        report,
         &format!("ListCustomers page {depth}"),
         label,
-        lists::load_page(lat, ch, pid, who, page("", &deep, 50)).await,
-    );
-    let selective = report.run(
-        "ListCustomers prefix (selective)",
-        label,
-        lists::load_page(lat, ch, pid, who, page(&narrow, "", 1)).await,
-    );
-    let broad = report.run(
+        || lists::load_page(lat, ch, pid, who, page("", &deep, 50)),
+    )
+    .await;
+    let selective = undisturbed(report, "ListCustomers prefix (selective)", label, || {
+        lists::load_page(lat, ch, pid, who, page(&narrow, "", 1))
+    })
+    .await;
+    let broad = undisturbed(
+        report,
         "ListCustomers two letters (20% match)",
         label,
-        lists::load_page(lat, ch, pid, who, page("ab", "", 50)).await,
-    );
+        || lists::load_page(lat, ch, pid, who, page("ab", "", 50)),
+    )
+    .await;
     let ok = |o: &Outcome| o.errors == 0;
     report.figure(
         "5a",
@@ -1151,6 +1197,16 @@ fn docs_tail() -> String {
        2: read-only and with grant changes) run `--repeats` times, taking\n\
        turns, and are read at the median p99: the client and the server share\n\
        two cores, so a single run's p99 moves by milliseconds.\n\
+     - Runs read for a tail (1b, 1c, 2, 5, and B2's for 5b), baselines and\n\
+       Sovra's alike, are made again (at most twice) when other processes\n\
+       used more than 0.3 s of CPU during them (\"others' CPU\": every process\n\
+       in `/proc` but the client, the server and PostgreSQL's, children they\n\
+       reaped included). A quiet run reads 0.15–0.2 s (kernel threads, the\n\
+       machine's other servers idling); the machines of this suite run a\n\
+       RabbitMQ that starts an Erlang VM once a minute (`epmd-starter`,\n\
+       about 0.5 s of one core at once), and a run it lands in reads a p99\n\
+       of 15–300 ms where its twins read 5–10. Disturbed runs stay in the\n\
+       table, marked, and are not read.\n\
      - After figure 2's runs, the same churn runs beside checks at a trickle\n\
        (100/s), and then the trickle alone: the difference in CPU, over the\n\
        changes made, is what one grant change costs (a note per backend;\n\
@@ -1175,7 +1231,8 @@ fn docs_tail() -> String {
        baseline ran with steal more than 10 points apart is flagged in the\n\
        notes (per pair): that ratio measures the machine too.\n\
      - Baselines run as processes of their own, answering identity's\n\
-       `CheckAccess` (the same message sizes): B0 answers at once, B1 commits a\n\
+       `CheckAccess` (the same message sizes) with tonic's default socket\n\
+       options (TCP_NODELAY, as Sovra's listener): B0 answers at once, B1 commits a\n\
        one-row INSERT, B2 reads one row by primary key, both through sqlx's\n\
        own pool (not Sovra's, which parks connections without sqlx's ping on\n\
        release) with Sovra's pool sizes and durability, on each backend.\n\
