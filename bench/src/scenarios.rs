@@ -1177,7 +1177,7 @@ fn docs_tail() -> String {
      ```sh\n\
      cargo build --release -p sovra -p sovra-bench && ./target/release/sovra-bench run\n\
      ```\n\n\
-     About 25 minutes with PostgreSQL, most of it the million contended\n\
+     About 25–30 minutes with PostgreSQL, most of it the million contended\n\
      product-key attempts per backend. Options: `--seconds` (measured per run,\n\
      default 10, after a warm-up of a fifth of it), `--connections` (4) ×\n\
      `--inflight` (16), `--postgres` (a database to connect to; the suite makes\n\
