@@ -116,12 +116,13 @@ impl Outcome {
 }
 
 /// CPU seconds of other processes over one run beyond which a run is
-/// disturbed. Seen on the machines of docs/benchmarks.md: 0.02–0.15 s in a
-/// quiet 12 s run (kernel threads, the other local servers idling), and
-/// about 0.5 s at once when the machine's RabbitMQ starts an Erlang VM
-/// (`epmd-starter`, once a minute), which holds one of the two cores for
-/// about 0.4 s and stalls whatever shares it: p99s of 50–300 ms in runs
-/// whose undisturbed twins read 10 ms.
+/// disturbed. Seen on the machine of docs/benchmarks.md: 0.12–0.25 s in a
+/// quiet fixed-rate run of 12 s (kernel threads, the machine's other
+/// servers idling; max-rate runs read up to 0.5 s, the kernel handing
+/// network work to `ksoftirqd`, and are not made again), and 0.35–0.72 s
+/// when the machine's RabbitMQ started an Erlang VM (`epmd-starter`, once
+/// a minute), which holds one of the two cores for about 0.4 s and stalls
+/// whatever shares it: p99s of 22–83 ms where the run's twins read 7–14 ms.
 pub const DISTURBING_CPU: f64 = 0.3;
 
 /// The same fixed-rate run made several times, alternating with the runs it
