@@ -236,16 +236,21 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
 /// [`cpu_seconds`]): PostgreSQL's server and its backends, say, which
 /// start and end with connections.
 pub fn cpu_seconds_named(name: &str) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    pids()
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
         })
         .map(|pid| cpu_seconds(Some(pid)))
         .sum()
+}
+
+/// Every process's pid, from /proc (none if it can't be read).
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
 }
 
 /// The kernel's clock ticks (USER_HZ) in /proc: 100 a second on Linux.
@@ -454,11 +459,7 @@ struct CpuMark {
 impl CpuMark {
     fn now(server: u32) -> Self {
         let me = std::process::id();
-        let others = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        let others = pids()
             .filter(|&pid| pid != me && pid != server)
             .filter_map(|pid| {
                 let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

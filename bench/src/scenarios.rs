@@ -1201,12 +1201,12 @@ fn docs_tail() -> String {
        Sovra's alike, are made again (at most twice) when other processes\n\
        used more than 0.3 s of CPU during them (\"others' CPU\": every process\n\
        in `/proc` but the client, the server and PostgreSQL's, children they\n\
-       reaped included). A quiet run reads 0.15–0.2 s (kernel threads, the\n\
+       reaped included). A quiet run reads 0.12–0.25 s (kernel threads, the\n\
        machine's other servers idling); the machines of this suite run a\n\
        RabbitMQ that starts an Erlang VM once a minute (`epmd-starter`,\n\
-       about 0.5 s of one core at once), and a run it lands in reads a p99\n\
-       of 15–300 ms where its twins read 5–10. Disturbed runs stay in the\n\
-       table, marked, and are not read.\n\
+       about 0.4 s of one core at once), and a run it lands in reads\n\
+       0.35–0.72 s and a p99 of 22–83 ms where its twins read 7–14. Disturbed\n\
+       runs stay in the table, marked, and are not read.\n\
      - After figure 2's runs, the same churn runs beside checks at a trickle\n\
        (100/s), and then the trickle alone: the difference in CPU, over the\n\
        changes made, is what one grant change costs (a note per backend;\n\
