@@ -283,6 +283,40 @@ impl Writes {
         }));
     }
 
+    /// These writes as the tail of a statement written by hand whose own
+    /// parameters are `$1` … `$(first - 1)`, so that they go in its round
+    /// trip: on PostgreSQL, `, w0 AS (INSERT …), …` to join its `WITH`
+    /// list; on SQLite, `; INSERT …` statements to follow it in the same
+    /// call. Back as they are when they can't (a guard, or a statement
+    /// that runs alone): run them apart.
+    pub fn appended(self, backend: Backend, first: usize) -> Result<Appended, Writes> {
+        if self.guard.is_some() || self.has_alone() {
+            return Err(self);
+        }
+        let mut sql = String::with_capacity(256 * self.items.len());
+        let mut values = Vec::new();
+        let mut n = first;
+        for (k, item) in self.items.into_iter().enumerate() {
+            let Item::Insert(i) = item else {
+                continue;
+            };
+            match backend {
+                Backend::Postgres => {
+                    let _ = std::fmt::Write::write_fmt(&mut sql, format_args!(", w{k} AS ("));
+                    i.write_sql(&mut sql, n, Source::Values);
+                    sql.push(')');
+                }
+                Backend::Sqlite => {
+                    sql.push_str(";\n");
+                    i.write_sql(&mut sql, n, Source::Values);
+                }
+            }
+            n += i.values.len();
+            values.extend(i.values);
+        }
+        Ok(Appended { sql, values })
+    }
+
     /// Writes in `tx`. False when the guard returned no row (nothing was
     /// written).
     pub async fn run(self, tx: &mut Tx) -> Result<bool, sqlx::Error> {
@@ -508,6 +542,34 @@ impl Writes {
             Outcome::Always
         };
         (Some(Folded { sql, args, outcome }), alone)
+    }
+}
+
+/// Writes as the tail of another statement (see [`Writes::appended`]).
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// To follow the statement's `WITH` list (PostgreSQL) or its last
+    /// statement (SQLite).
+    pub sql: String,
+    /// To bind after the statement's own values.
+    pub values: Vec<Value>,
+}
+
+impl Appended {
+    /// Binds the values after those already bound to `q`.
+    pub fn bind<'q>(
+        self,
+        mut q: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, AnyArguments<'q>> {
+        for v in self.values {
+            q = match v {
+                Value::Text(s) => q.bind(s),
+                Value::Int(i) => q.bind(i),
+                Value::MaybeInt(i) => q.bind(i),
+                Value::MaybeText(s) => q.bind(s),
+            };
+        }
+        q
     }
 }
 
@@ -792,6 +854,60 @@ mod tests {
         assert_eq!((groups, transactions), (4, 4));
         db.close().await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_appended_rows_follow_a_statement_in_its_call() {
+        let (db, dir) = scratch().await;
+        let mut w = Writes::new();
+        w.insert(row("1", 0));
+        w.insert(row("2", 1));
+        let then = w.appended(Backend::Sqlite, 2).expect("plain rows append");
+        assert_eq!(then.values.len(), 4);
+        let sql = format!(
+            "UPDATE k SET claimed_by = 'x' WHERE k = $1 RETURNING k{}",
+            then.sql
+        );
+        let mut tx = db.begin().await.unwrap();
+        let rows = then
+            .bind(sqlx::query(&sql).bind("a"))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(rows.len(), 1, "only the statement returns a row");
+        assert_eq!(rows[0].try_get::<String, _>(0).unwrap(), "a");
+        assert_eq!(ids(&db).await, ["1", "2"]);
+        // A guard, or a statement that runs alone, can't be appended.
+        assert!(claim("b", "y", &["3"])
+            .appended(Backend::Sqlite, 2)
+            .is_err());
+        let mut alone = Writes::new();
+        alone.statement("DELETE FROM r", vec![]);
+        assert!(alone.appended(Backend::Postgres, 2).is_err());
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn on_postgres_appended_rows_join_the_with_list_numbered_after_the_statement() {
+        let mut w = Writes::new();
+        w.insert(row("1", 0));
+        w.insert(row("2", 1));
+        let then = w.appended(Backend::Postgres, 13).unwrap();
+        assert_eq!(
+            then.sql,
+            ", w0 AS (INSERT INTO r (id, n) VALUES ($13, $14)), w1 AS (INSERT INTO r (id, n) VALUES ($15, $16))"
+        );
+        assert_eq!(
+            then.values,
+            [
+                Value::from("1"),
+                Value::Int(0),
+                Value::from("2"),
+                Value::Int(1)
+            ]
+        );
     }
 
     #[tokio::test]

@@ -661,3 +661,164 @@ async fn delivered_grant_changes_leave_the_outbox_together_and_never_count_as_wa
     );
 }
 backend_test!(delivered_grant_changes_leave_the_outbox_together_and_never_count_as_waiting);
+
+/// An acceptance and a removal write their audit record and stored answer
+/// in the same call as the transition (one statement on PostgreSQL): a
+/// retry under the same request id answers the first call and writes
+/// nothing more, and a removal by id of a relationship no longer active is
+/// refused and writes nothing.
+async fn retried_acceptances_and_removals_answer_the_first_call_and_are_audited_once(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let p = app
+        .partner("Fabrikam", &[PartnerAuthorization::DelegatedAdmin])
+        .await;
+    let customer = app.tenant(TenantKind::Customer, "Contoso").await;
+    let code = app.offer(&p).await;
+    let accept = || {
+        let r = req(
+            &customer.admin_token,
+            rel::AcceptDelegatedAdminOfferRequest {
+                request_id: "accept-1".into(),
+                code: code.clone(),
+                customer_tenant_id: customer.id.clone(),
+                ..Default::default()
+            },
+        );
+        let mut client = app.delegated();
+        async move { client.accept_delegated_admin_offer(r).await }
+    };
+    let first = accept().await.unwrap().into_inner().relationship.unwrap();
+    let again = accept().await.unwrap().into_inner().relationship.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(first.state, rel::DelegatedAdminState::Active as i32);
+    let remove = |request_id: &str| {
+        let r = req(
+            &customer.admin_token,
+            rel::RemoveDelegatedAdminRequest {
+                request_id: request_id.into(),
+                customer_tenant_id: customer.id.clone(),
+                id: first.id.clone(),
+            },
+        );
+        let mut client = app.delegated();
+        async move { client.remove_delegated_admin(r).await }
+    };
+    let removed = remove("remove-1")
+        .await
+        .unwrap()
+        .into_inner()
+        .relationship
+        .unwrap();
+    assert_eq!(removed.state, rel::DelegatedAdminState::Removed as i32);
+    assert_eq!(removed.id, first.id);
+    let replayed = remove("remove-1")
+        .await
+        .unwrap()
+        .into_inner()
+        .relationship
+        .unwrap();
+    assert_eq!(replayed, removed);
+    let footprint = || async {
+        (
+            app.rel_count(
+                "SELECT COUNT(*) FROM audit_events WHERE action = 'relationships.delegated_admin.accept'",
+            )
+            .await,
+            app.rel_count(
+                "SELECT COUNT(*) FROM audit_events WHERE action = 'relationships.delegated_admin.remove'",
+            )
+            .await,
+            app.rel_count("SELECT COUNT(*) FROM grant_versions").await,
+            app.rel_count("SELECT MAX(version) FROM grant_versions").await,
+        )
+    };
+    // One acceptance and one removal: the pair's grant is at version 2.
+    assert_eq!(footprint().await, (1, 1, 1, 2));
+    let status = expect_code(remove("remove-2").await, Code::FailedPrecondition);
+    assert!(status.message().contains("REMOVED"), "{}", status.message());
+    assert_eq!(footprint().await, (1, 1, 1, 2));
+}
+backend_test!(retried_acceptances_and_removals_answer_the_first_call_and_are_audited_once);
+
+/// A removal by id races a reassignment of the same relationship: one of
+/// them ends it, and the other sees what the first did (the removal is
+/// refused, or the reassignment finds nothing to reassign). Never both,
+/// and the pair's grant moves exactly once.
+async fn a_removal_racing_a_reassignment_ends_the_relationship_once(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    for round in 0..6 {
+        let p1 = app
+            .partner(
+                &format!("First {round}"),
+                &[PartnerAuthorization::DelegatedAdmin],
+            )
+            .await;
+        let p2 = app
+            .partner(
+                &format!("Second {round}"),
+                &[PartnerAuthorization::DelegatedAdmin],
+            )
+            .await;
+        let customer = app
+            .tenant(TenantKind::Customer, &format!("Contoso {round}"))
+            .await;
+        let held = app
+            .accept(&customer, &app.offer(&p1).await, false)
+            .await
+            .unwrap();
+        let code = app.offer(&p2).await;
+        let mut client = app.delegated();
+        let remove = client.remove_delegated_admin(req(
+            &customer.admin_token,
+            rel::RemoveDelegatedAdminRequest {
+                customer_tenant_id: customer.id.clone(),
+                id: held.id.clone(),
+                ..Default::default()
+            },
+        ));
+        let (removed, reassigned) = tokio::join!(remove, app.accept(&customer, &code, true));
+        let reassigned = reassigned.expect("a reassigning acceptance always succeeds");
+        assert_eq!(reassigned.state, rel::DelegatedAdminState::Active as i32);
+        let state = stored_state(&app, &held.id).await;
+        match removed {
+            Ok(r) => {
+                let r = r.into_inner().relationship.unwrap();
+                assert_eq!(r.state, rel::DelegatedAdminState::Removed as i32);
+                assert_eq!(state, "REMOVED", "round {round}");
+            }
+            Err(s) => {
+                assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+                assert_eq!(state, "REASSIGNED", "round {round}");
+            }
+        }
+        let p1_version = app
+            .rel_count(&format!(
+                "SELECT version FROM grant_versions WHERE partner_tenant_id = '{}' AND customer_tenant_id = '{}'",
+                p1.id, customer.id
+            ))
+            .await;
+        assert_eq!(p1_version, 2, "round {round}: one activation, one end");
+    }
+    assert_eq!(
+        app.rel_count("SELECT COUNT(*) FROM delegated_admin_relationships WHERE state = 'ACTIVE'")
+            .await,
+        6
+    );
+}
+backend_test!(a_removal_racing_a_reassignment_ends_the_relationship_once);
+
+/// The stored state of relationship `id`.
+async fn stored_state(app: &TestApp, id: &str) -> String {
+    let n = app
+        .rel_count(&format!(
+            "SELECT CASE state WHEN 'REMOVED' THEN 1 WHEN 'REASSIGNED' THEN 2 ELSE 0 END \
+             FROM delegated_admin_relationships WHERE id = '{id}'"
+        ))
+        .await;
+    match n {
+        1 => "REMOVED",
+        2 => "REASSIGNED",
+        _ => "OTHER",
+    }
+    .to_owned()
+}

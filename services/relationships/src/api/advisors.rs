@@ -5,6 +5,7 @@ use sovra_proto::{identity::v1 as idpb, relationships::v1 as pb};
 use sovra_runtime::{
     auth::Ctx,
     idempotency::{after_commit_failed, replay, Idempotency},
+    writes::Writes,
     Error,
 };
 use tonic::{Request, Response};
@@ -105,11 +106,23 @@ impl pb::advisor_service_server::AdvisorService for Relationships {
                 // The redemption is the customer's acceptance.
                 let offer_id = format!("commerce:{}", r.request_id);
                 let rel = match self
-                    .activate(&mut tx, &ctx, &partner, &c, &offer_id, r.reassign, now)
+                    .activate(
+                        &mut tx,
+                        &ctx,
+                        &partner,
+                        &c,
+                        &offer_id,
+                        r.reassign,
+                        now,
+                        |_, _| {
+                            // Audited with the rest of the redemption, below.
+                            Writes::new()
+                        },
+                    )
                     .await?
                 {
                     Activated::Already(held) => held,
-                    Activated::Now(Activation { rel, changes, .. }) => {
+                    Activated::Now(Activation { rel, changes }) => {
                         grants = changes;
                         rel
                     }

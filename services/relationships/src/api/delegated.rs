@@ -30,13 +30,16 @@ use crate::{
 };
 
 impl Relationships {
-    /// Moves `rel` to `state` and queues the grant change for identity, in `tx`.
+    /// Moves `rel` to `state` and queues the grant change for identity, in
+    /// `tx`, with `then` (the change's audit record and stored answer,
+    /// which `then` builds from the moved relationship).
     async fn transition(
         &self,
         tx: &mut Tx,
         rel: &mut Relationship,
         state: DelegatedState,
         now: Millis,
+        then: impl FnOnce(&Relationship) -> Writes,
     ) -> Result<GrantChange, Error> {
         rel.state = state;
         rel.version += 1;
@@ -45,13 +48,17 @@ impl Relationships {
             DelegatedState::Active => rel.activated_at = Some(now),
             _ => rel.ended_at = Some(now),
         }
-        delegated::transition(tx, rel, self.outbox().now()).await
+        let then = then(rel);
+        delegated::transition(tx, rel, self.outbox().now(), then).await
     }
 
     /// Makes `partner` the customer's active delegated administrator in
     /// `tx`, under the multi-channel rule: another partner's active
     /// relationship is refused, or with `reassign` ended (REASSIGNED). A
-    /// PENDING relationship from `offer_id` is activated, else one is created.
+    /// PENDING relationship from `offer_id` is activated, else one is
+    /// created. `then` builds, from the activated relationship and the
+    /// partner it was reassigned from, the writes that go with the
+    /// activation (its audit record and stored answer).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn activate(
         &self,
@@ -62,12 +69,14 @@ impl Relationships {
         offer_id: &str,
         reassign: bool,
         now: Millis,
+        then: impl FnOnce(&Relationship, Option<&str>) -> Writes,
     ) -> Result<Activated, Error> {
         let customer_id = customer.id.as_str();
         delegated::lock_customer(tx, customer_id).await?;
         let mut changes = Vec::new();
         let mut reassigned_from = None;
-        if let Some(mut held) = delegated::active_for_customer(tx, customer_id).await? {
+        let (held, pending) = delegated::held_and_pending(tx, customer_id, offer_id).await?;
+        if let Some(mut held) = held {
             if held.partner_tenant_id == partner.as_str() {
                 return Ok(Activated::Already(held));
             }
@@ -83,8 +92,10 @@ impl Relationships {
             }
             held.reassigned_to = Some(partner.to_string());
             changes.push(
-                self.transition(tx, &mut held, DelegatedState::Reassigned, now)
-                    .await?,
+                self.transition(tx, &mut held, DelegatedState::Reassigned, now, |_| {
+                    Writes::new()
+                })
+                .await?,
             );
             reassigned_from = Some(held.partner_tenant_id.clone());
         }
@@ -97,7 +108,7 @@ impl Relationships {
             now,
         )
         .await?;
-        let mut rel = match delegated::pending_for_offer(tx, offer_id, customer_id).await? {
+        let mut rel = match pending {
             Some(p) => p,
             None => {
                 // Created here and activated at once: the transition makes it version 1.
@@ -109,15 +120,12 @@ impl Relationships {
                 fresh
             }
         };
+        let from = reassigned_from.as_deref();
         changes.push(
-            self.transition(tx, &mut rel, DelegatedState::Active, now)
+            self.transition(tx, &mut rel, DelegatedState::Active, now, |r| then(r, from))
                 .await?,
         );
-        Ok(Activated::Now(Activation {
-            rel,
-            changes,
-            reassigned_from,
-        }))
+        Ok(Activated::Now(Activation { rel, changes }))
     }
 
     /// Authorizes a user to read relationships of `tenant`, on whichever side.
@@ -158,7 +166,6 @@ pub(crate) struct Activation {
     pub rel: Relationship,
     /// Grant changes to deliver after commit.
     pub changes: Vec<GrantChange>,
-    pub reassigned_from: Option<String>,
 }
 
 #[tonic::async_trait]
@@ -287,12 +294,42 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
             return Ok(Response::new(prev));
         }
         let now = self.now();
-        let Activation {
-            rel,
-            changes,
-            reassigned_from,
-        } = match self
-            .activate(&mut tx, &ctx, &partner, &c, &link.id, r.reassign, now)
+        // The acceptance's audit record and stored answer go with its
+        // transition, in the same call.
+        let answer = |rel: &Relationship, from: Option<&str>| {
+            let resp = pb::AcceptDelegatedAdminOfferResponse {
+                relationship: Some(relationship_to_pb(rel)),
+            };
+            let (action, target) = match from {
+                Some(from) => (
+                    "relationships.delegated_admin.reassign",
+                    format!(
+                        "delegated_admin_relationships/{} (from partner {from} to {partner})",
+                        rel.id
+                    ),
+                ),
+                None => (
+                    "relationships.delegated_admin.accept",
+                    format!(
+                        "delegated_admin_relationships/{} (partner {partner})",
+                        rel.id
+                    ),
+                ),
+            };
+            let change = Change {
+                tenant_id: customer.as_str(),
+                delegated: false,
+                action,
+                target,
+            };
+            let mut w = Writes::new();
+            audit::add(&mut w, now, &ctx, Some(change), &r.request_id, &idem, &resp);
+            w
+        };
+        let Activation { rel, changes } = match self
+            .activate(
+                &mut tx, &ctx, &partner, &c, &link.id, r.reassign, now, answer,
+            )
             .await?
         {
             Activated::Already(held) => {
@@ -306,37 +343,13 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
             }
             Activated::Now(a) => a,
         };
-        let resp = pb::AcceptDelegatedAdminOfferResponse {
-            relationship: Some(relationship_to_pb(&rel)),
-        };
-        let (action, target) = match &reassigned_from {
-            Some(from) => (
-                "relationships.delegated_admin.reassign",
-                format!(
-                    "delegated_admin_relationships/{} (from partner {from} to {partner})",
-                    rel.id
-                ),
-            ),
-            None => (
-                "relationships.delegated_admin.accept",
-                format!(
-                    "delegated_admin_relationships/{} (partner {partner})",
-                    rel.id
-                ),
-            ),
-        };
-        let change = Change {
-            tenant_id: customer.as_str(),
-            delegated: false,
-            action,
-            target,
-        };
-        self.commit(tx, &ctx, Some(change), &r.request_id, &idem, &resp)
-            .await?;
+        tx.commit().await.map_err(Error::from)?;
         sovra_runtime::metrics::business::link_redeemed(LinkKind::DelegatedAdmin.as_str());
         sovra_runtime::metrics::business::delegated_admin("accepted");
         self.outbox().deliver_now(&changes).await;
-        Ok(Response::new(resp))
+        Ok(Response::new(pb::AcceptDelegatedAdminOfferResponse {
+            relationship: Some(relationship_to_pb(&rel)),
+        }))
     }
 
     async fn remove_delegated_admin(
@@ -354,8 +367,8 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
         }
-        delegated::lock_customer(&mut tx, customer.as_str()).await?;
         let mut rel = if r.id.is_empty() {
+            delegated::lock_customer(&mut tx, customer.as_str()).await?;
             delegated::active_for_customer(&mut tx, customer.as_str())
                 .await?
                 .ok_or_else(|| {
@@ -367,7 +380,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
                     )
                 })?
         } else {
-            delegated::get(&mut *tx, &r.id)
+            delegated::lock_and_get(&mut tx, customer.as_str(), &r.id)
                 .await?
                 .filter(|d| d.customer_tenant_id == customer.as_str())
                 .ok_or_else(|| {
@@ -391,23 +404,33 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
             )
             .into());
         }
+        // The removal's audit record and stored answer go with its
+        // transition, in the same call.
+        let now = self.now();
+        let answer = |rel: &Relationship| {
+            let resp = pb::RemoveDelegatedAdminResponse {
+                relationship: Some(relationship_to_pb(rel)),
+            };
+            let audit = Change {
+                tenant_id: customer.as_str(),
+                delegated: false,
+                action: "relationships.delegated_admin.remove",
+                target: format!(
+                    "delegated_admin_relationships/{} (partner {})",
+                    rel.id, rel.partner_tenant_id
+                ),
+            };
+            let mut w = Writes::new();
+            audit::add(&mut w, now, &ctx, Some(audit), &r.request_id, &idem, &resp);
+            w
+        };
         let change = self
-            .transition(&mut tx, &mut rel, DelegatedState::Removed, self.now())
+            .transition(&mut tx, &mut rel, DelegatedState::Removed, now, answer)
             .await?;
+        tx.commit().await.map_err(Error::from)?;
         let resp = pb::RemoveDelegatedAdminResponse {
             relationship: Some(relationship_to_pb(&rel)),
         };
-        let audit = Change {
-            tenant_id: customer.as_str(),
-            delegated: false,
-            action: "relationships.delegated_admin.remove",
-            target: format!(
-                "delegated_admin_relationships/{} (partner {})",
-                rel.id, rel.partner_tenant_id
-            ),
-        };
-        self.commit(tx, &ctx, Some(audit), &r.request_id, &idem, &resp)
-            .await?;
         sovra_runtime::metrics::business::delegated_admin("removed");
         self.outbox().deliver_now(&[change]).await;
         Ok(Response::new(resp))

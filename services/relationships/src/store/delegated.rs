@@ -4,7 +4,8 @@
 use sovra_runtime::{
     clock::Millis,
     db::{Backend, Tx},
-    writes::{Insert, Writes},
+    idempotency::write_error,
+    writes::{Appended, Insert, Writes},
     Error,
 };
 use sqlx::{
@@ -84,44 +85,56 @@ pub async fn lock_customer(tx: &mut Tx, customer: &str) -> Result<(), Error> {
     if tx.backend() == Backend::Sqlite {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO customer_locks (customer_tenant_id, n) VALUES ($1, 1) \
-         ON CONFLICT (customer_tenant_id) DO UPDATE SET n = customer_locks.n + 1",
-    )
-    .bind(customer)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(LOCK).bind(customer).execute(&mut **tx).await?;
     Ok(())
 }
+
+/// The customer's lock (`$1`): a row whose update a concurrent change of
+/// the same customer waits for.
+const LOCK: &str = "INSERT INTO customer_locks (customer_tenant_id, n) VALUES ($1, 1) \
+     ON CONFLICT (customer_tenant_id) DO UPDATE SET n = customer_locks.n + 1";
 
 /// Records `rel`'s new state and queues its grant change at `queued_at`,
 /// in `tx`: the relationship row, the partner's customer row, the pair's
 /// next grant version and the outbox row, in one call (on PostgreSQL one
 /// statement; on SQLite four statements sent together, each call there
-/// being a hand-off to the connection's worker thread).
+/// being a hand-off to the connection's worker thread). `then` (the
+/// change's audit record and stored answer) goes in the same call.
 pub async fn transition(
     tx: &mut Tx,
     rel: &Relationship,
     queued_at: Millis,
+    then: Writes,
 ) -> Result<GrantChange, Error> {
     let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
-    let sql = match tx.backend() {
-        Backend::Postgres => TRANSITION,
-        Backend::Sqlite => TRANSITION_SQLITE,
+    let backend = tx.backend();
+    let (then, apart) = match then.appended(backend, TRANSITION_PARAMS + 1) {
+        Ok(a) => (a, None),
+        Err(w) => (Appended::default(), Some(w)),
+    };
+    let sql = match backend {
+        Backend::Postgres => format!("{TRANSITION_WITH}{} {TRANSITION_LAST}", then.sql),
+        Backend::Sqlite => format!("{TRANSITION_SQLITE}{}", then.sql),
     };
     let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
-    let rows = bind_update(sqlx::query(sql), rel)
+    let q = bind_update(sqlx::query(&sql), rel)
         .bind(partner)
         .bind(customer)
         .bind(queued_at)
         .bind(&change.id)
-        .bind(queued_at + outbox::INLINE_MS)
+        .bind(queued_at + outbox::INLINE_MS);
+    let rows = then
+        .bind(q)
         .fetch_all(&mut **tx)
-        .await?;
+        .await
+        .map_err(write_error)?;
     let row = rows
         .first()
         .ok_or_else(|| Error::internal(format!("grant change {} was not queued", change.id)))?;
     change.version = row.try_get(0)?;
+    if let Some(w) = apart {
+        w.run(tx).await.map_err(write_error)?;
+    }
     Ok(change)
 }
 
@@ -140,19 +153,53 @@ pub async fn active_for_customer(
         .transpose()
 }
 
-/// The PENDING relationship an offer made to this customer created.
-pub async fn pending_for_offer(
+/// The customer's ACTIVE relationship and the PENDING one `offer_id` made
+/// to it, each if there is one, in one call (each arm an index lookup).
+pub async fn held_and_pending(
     tx: &mut Tx,
-    offer_id: &str,
     customer: &str,
-) -> Result<Option<Relationship>, Error> {
+    offer_id: &str,
+) -> Result<(Option<Relationship>, Option<Relationship>), Error> {
     let q = format!(
-        "SELECT {COLUMNS} FROM delegated_admin_relationships \
-         WHERE offer_id = $1 AND customer_tenant_id = $2 AND state = 'PENDING'"
+        "SELECT {COLUMNS} FROM delegated_admin_relationships WHERE customer_tenant_id = $1 AND state = 'ACTIVE' \
+         UNION ALL SELECT {COLUMNS} FROM delegated_admin_relationships \
+         WHERE offer_id = $2 AND customer_tenant_id = $1 AND state = 'PENDING'"
+    );
+    let (mut held, mut pending) = (None, None);
+    for r in sqlx::query(&q)
+        .bind(customer)
+        .bind(offer_id)
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        let rel = from_row(&r)?;
+        match rel.state {
+            DelegatedState::Active => held = Some(rel),
+            _ => pending = Some(rel),
+        }
+    }
+    Ok((held, pending))
+}
+
+/// Relationship `id` of `customer`, after taking the customer's lock (see
+/// [`lock_customer`]); on PostgreSQL in one statement. The row is read
+/// `FOR UPDATE`, so a change committed while the lock was awaited is the
+/// one read.
+pub async fn lock_and_get(
+    tx: &mut Tx,
+    customer: &str,
+    id: &str,
+) -> Result<Option<Relationship>, Error> {
+    if tx.backend() == Backend::Sqlite {
+        return get(&mut **tx, id).await;
+    }
+    let q = format!(
+        "WITH lock AS ({LOCK} RETURNING n) SELECT {COLUMNS} FROM delegated_admin_relationships \
+         WHERE id = $2 AND EXISTS (SELECT 1 FROM lock) FOR UPDATE OF delegated_admin_relationships"
     );
     sqlx::query(&q)
-        .bind(offer_id)
         .bind(customer)
+        .bind(id)
         .fetch_optional(&mut **tx)
         .await?
         .map(|r| from_row(&r))
@@ -251,19 +298,24 @@ macro_rules! outbox_sql {
 /// relationship (`$1` … `$7`), the partner's customer row (`$8`, `$9`), the
 /// pair's next grant version and the change `$11` queued at `$10`, due at
 /// `$12`.
-const TRANSITION: &str = concat!(
+const TRANSITION_WITH: &str = concat!(
     "WITH rel AS (",
     update_sql!(),
     "), book AS (",
     book_sql!(),
     "), grant_version AS (",
     grant_version_sql!(),
-    " RETURNING version) ",
-    outbox_sql!(),
-    " FROM grant_version RETURNING version"
+    " RETURNING version)"
 );
 
-/// [`TRANSITION`] on SQLite, which has no data-modifying `WITH`: the same
+/// The statement [`TRANSITION_WITH`] leads to: the outbox row, which
+/// returns the grant version.
+const TRANSITION_LAST: &str = concat!(outbox_sql!(), " FROM grant_version RETURNING version");
+
+/// How many parameters a transition binds.
+const TRANSITION_PARAMS: usize = 12;
+
+/// [`TRANSITION_WITH`] and [`TRANSITION_LAST`] on SQLite, which has no data-modifying `WITH`: the same
 /// statements and parameters, four statements in one call.
 const TRANSITION_SQLITE: &str = concat!(
     update_sql!(),
