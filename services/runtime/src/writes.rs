@@ -287,11 +287,11 @@ impl Writes {
     /// parameters are `$1` … `$(first - 1)`, so that they go in its round
     /// trip: on PostgreSQL, `, w0 AS (INSERT …), …` to join its `WITH`
     /// list; on SQLite, `; INSERT …` statements to follow it in the same
-    /// call. Back as they are when they can't (a guard, or a statement
-    /// that runs alone): run them apart.
-    pub fn appended(self, backend: Backend, first: usize) -> Result<Appended, Writes> {
+    /// call. Writes that can't (with a guard, or a statement that runs
+    /// alone) come back whole, to run apart after it.
+    pub fn appended(self, backend: Backend, first: usize) -> (Appended, Option<Writes>) {
         if self.guard.is_some() || self.has_alone() {
-            return Err(self);
+            return (Appended::default(), Some(self));
         }
         let mut sql = String::with_capacity(256 * self.items.len());
         let mut values = Vec::new();
@@ -314,7 +314,7 @@ impl Writes {
             n += i.values.len();
             values.extend(i.values);
         }
-        Ok(Appended { sql, values })
+        (Appended { sql, values }, None)
     }
 
     /// Writes in `tx`. False when the guard returned no row (nothing was
@@ -862,7 +862,8 @@ mod tests {
         let mut w = Writes::new();
         w.insert(row("1", 0));
         w.insert(row("2", 1));
-        let then = w.appended(Backend::Sqlite, 2).expect("plain rows append");
+        let (then, apart) = w.appended(Backend::Sqlite, 2);
+        assert!(apart.is_none(), "plain rows append");
         assert_eq!(then.values.len(), 4);
         let sql = format!(
             "UPDATE k SET claimed_by = 'x' WHERE k = $1 RETURNING k{}",
@@ -881,10 +882,12 @@ mod tests {
         // A guard, or a statement that runs alone, can't be appended.
         assert!(claim("b", "y", &["3"])
             .appended(Backend::Sqlite, 2)
-            .is_err());
+            .1
+            .is_some());
         let mut alone = Writes::new();
         alone.statement("DELETE FROM r", vec![]);
-        assert!(alone.appended(Backend::Postgres, 2).is_err());
+        let (none, apart) = alone.appended(Backend::Postgres, 2);
+        assert!(none.sql.is_empty() && apart.is_some());
         db.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -894,7 +897,7 @@ mod tests {
         let mut w = Writes::new();
         w.insert(row("1", 0));
         w.insert(row("2", 1));
-        let then = w.appended(Backend::Postgres, 13).unwrap();
+        let then = w.appended(Backend::Postgres, 13).0;
         assert_eq!(
             then.sql,
             ", w0 AS (INSERT INTO r (id, n) VALUES ($13, $14)), w1 AS (INSERT INTO r (id, n) VALUES ($15, $16))"

@@ -99,27 +99,30 @@ impl Relationships {
             );
             reassigned_from = Some(held.partner_tenant_id.clone());
         }
-        customers::touch(
+        // A relationship made here is activated at once (the transition
+        // makes it version 1); its row goes with the customer's.
+        let mut fresh = Writes::new();
+        let mut rel = match pending {
+            Some(p) => p,
+            None => {
+                let made = Relationship {
+                    version: 0,
+                    ..Relationship::pending(partner.as_str(), customer_id, offer_id, now)
+                };
+                fresh.insert(delegated::row(&made));
+                made
+            }
+        };
+        customers::touch_then(
             tx,
             partner.as_str(),
             customer_id,
             &customer.display_name,
             &customer.primary_domain,
             now,
+            fresh,
         )
         .await?;
-        let mut rel = match pending {
-            Some(p) => p,
-            None => {
-                // Created here and activated at once: the transition makes it version 1.
-                let fresh = Relationship {
-                    version: 0,
-                    ..Relationship::pending(partner.as_str(), customer_id, offer_id, now)
-                };
-                delegated::insert(tx, &fresh).await?;
-                fresh
-            }
-        };
         let from = reassigned_from.as_deref();
         changes.push(
             self.transition(tx, &mut rel, DelegatedState::Active, now, |r| then(r, from))

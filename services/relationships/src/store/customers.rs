@@ -3,10 +3,11 @@
 
 use sovra_runtime::{
     clock::Millis,
-    db::{Db, Tx},
+    db::{Backend, Db, Tx},
     json_rows,
     lookup::Lookup,
     pool::Pool,
+    writes::Writes,
     Error,
 };
 use sqlx::{
@@ -140,23 +141,44 @@ pub async fn touch(
     domain: &str,
     now: Millis,
 ) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO partner_customers (partner_tenant_id, customer_tenant_id, display_name, \
+    touch_then(tx, partner, customer, name, domain, now, Writes::new()).await
+}
+
+/// [`touch`], with `then` (other rows of the same change) in the same call.
+pub async fn touch_then(
+    tx: &mut Tx,
+    partner: &str,
+    customer: &str,
+    name: &str,
+    domain: &str,
+    now: Millis,
+    then: Writes,
+) -> Result<(), Error> {
+    const TOUCH: &str = "INSERT INTO partner_customers (partner_tenant_id, customer_tenant_id, display_name, \
          primary_domain, name_key, domain_key, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
          ON CONFLICT (partner_tenant_id, customer_tenant_id) DO UPDATE SET \
          display_name = excluded.display_name, primary_domain = excluded.primary_domain, \
-         name_key = excluded.name_key, domain_key = excluded.domain_key, updated_at = excluded.updated_at",
-    )
-    .bind(partner)
-    .bind(customer)
-    .bind(name)
-    .bind(domain)
-    .bind(key(name))
-    .bind(key(domain))
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+         name_key = excluded.name_key, domain_key = excluded.domain_key, updated_at = excluded.updated_at";
+    let backend = tx.backend();
+    let (then, apart) = then.appended(backend, 8);
+    let sql = match backend {
+        _ if then.sql.is_empty() => std::borrow::Cow::Borrowed(TOUCH),
+        Backend::Postgres => format!("WITH touch AS ({TOUCH}){} SELECT 1", then.sql).into(),
+        Backend::Sqlite => format!("{TOUCH}{}", then.sql).into(),
+    };
+    let q = sqlx::query(&sql)
+        .bind(partner)
+        .bind(customer)
+        .bind(name)
+        .bind(domain)
+        .bind(key(name))
+        .bind(key(domain))
+        .bind(now);
+    then.bind(q).execute(&mut **tx).await?;
+    if let Some(w) = apart {
+        w.run(tx).await?;
+    }
     Ok(())
 }
 

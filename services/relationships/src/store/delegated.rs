@@ -5,7 +5,7 @@ use sovra_runtime::{
     clock::Millis,
     db::{Backend, Tx},
     idempotency::write_error,
-    writes::{Appended, Insert, Writes},
+    writes::{Insert, Writes},
     Error,
 };
 use sqlx::{
@@ -108,10 +108,7 @@ pub async fn transition(
 ) -> Result<GrantChange, Error> {
     let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
     let backend = tx.backend();
-    let (then, apart) = match then.appended(backend, TRANSITION_PARAMS + 1) {
-        Ok(a) => (a, None),
-        Err(w) => (Appended::default(), Some(w)),
-    };
+    let (then, apart) = then.appended(backend, TRANSITION_PARAMS + 1);
     let sql = match backend {
         Backend::Postgres => format!("{TRANSITION_WITH}{} {TRANSITION_LAST}", then.sql),
         Backend::Sqlite => format!("{TRANSITION_SQLITE}{}", then.sql),
