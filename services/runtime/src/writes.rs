@@ -288,8 +288,16 @@ impl Writes {
     /// trip: on PostgreSQL, `, w0 AS (INSERT …), …` to join its `WITH`
     /// list; on SQLite, `; INSERT …` statements to follow it in the same
     /// call. Writes that can't (with a guard, or a statement that runs
-    /// alone) come back whole, to run apart after it.
-    pub fn appended(self, backend: Backend, first: usize) -> (Appended, Option<Writes>) {
+    /// alone) come back whole, to run apart after it. `from_guard`: the
+    /// rows are written only if the statement wrote, taken on PostgreSQL
+    /// from its `WITH` item named `guard` (a row when it wrote), on SQLite
+    /// each only if the statement before it changed a row.
+    pub fn appended(
+        self,
+        backend: Backend,
+        first: usize,
+        from_guard: bool,
+    ) -> (Appended, Option<Writes>) {
         if self.guard.is_some() || self.has_alone() {
             return (Appended::default(), Some(self));
         }
@@ -303,12 +311,17 @@ impl Writes {
             match backend {
                 Backend::Postgres => {
                     let _ = std::fmt::Write::write_fmt(&mut sql, format_args!(", w{k} AS ("));
-                    i.write_sql(&mut sql, n, Source::Values);
+                    i.write_sql(&mut sql, n, Source::when(from_guard));
                     sql.push(')');
                 }
                 Backend::Sqlite => {
                     sql.push_str(";\n");
-                    i.write_sql(&mut sql, n, Source::Values);
+                    let source = if from_guard {
+                        Source::Changed
+                    } else {
+                        Source::Values
+                    };
+                    i.write_sql(&mut sql, n, source);
                 }
             }
             n += i.values.len();
@@ -862,7 +875,7 @@ mod tests {
         let mut w = Writes::new();
         w.insert(row("1", 0));
         w.insert(row("2", 1));
-        let (then, apart) = w.appended(Backend::Sqlite, 2);
+        let (then, apart) = w.appended(Backend::Sqlite, 2, false);
         assert!(apart.is_none(), "plain rows append");
         assert_eq!(then.values.len(), 4);
         let sql = format!(
@@ -881,12 +894,12 @@ mod tests {
         assert_eq!(ids(&db).await, ["1", "2"]);
         // A guard, or a statement that runs alone, can't be appended.
         assert!(claim("b", "y", &["3"])
-            .appended(Backend::Sqlite, 2)
+            .appended(Backend::Sqlite, 2, false)
             .1
             .is_some());
         let mut alone = Writes::new();
         alone.statement("DELETE FROM r", vec![]);
-        let (none, apart) = alone.appended(Backend::Postgres, 2);
+        let (none, apart) = alone.appended(Backend::Postgres, 2, false);
         assert!(none.sql.is_empty() && apart.is_some());
         db.close().await;
         let _ = std::fs::remove_dir_all(dir);
@@ -897,7 +910,12 @@ mod tests {
         let mut w = Writes::new();
         w.insert(row("1", 0));
         w.insert(row("2", 1));
-        let then = w.appended(Backend::Postgres, 13).0;
+        let guarded = w.clone().appended(Backend::Postgres, 13, true).0;
+        assert_eq!(
+            guarded.sql,
+            ", w0 AS (INSERT INTO r (id, n) SELECT $13, $14 FROM guard), w1 AS (INSERT INTO r (id, n) SELECT $15, $16 FROM guard)"
+        );
+        let then = w.appended(Backend::Postgres, 13, false).0;
         assert_eq!(
             then.sql,
             ", w0 AS (INSERT INTO r (id, n) VALUES ($13, $14)), w1 AS (INSERT INTO r (id, n) VALUES ($15, $16))"

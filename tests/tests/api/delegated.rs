@@ -822,3 +822,59 @@ async fn stored_state(app: &TestApp, id: &str) -> String {
     }
     .to_owned()
 }
+
+/// A removal of whichever relationship is active, retried after the
+/// customer accepted another partner: the retry answers the first removal
+/// and leaves the new relationship active (on PostgreSQL the retry's
+/// statement finds the request id taken and writes nothing).
+async fn a_retried_removal_of_the_active_relationship_never_removes_a_newer_one(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let p1 = app
+        .partner("Fabrikam", &[PartnerAuthorization::DelegatedAdmin])
+        .await;
+    let p2 = app
+        .partner("Northwind", &[PartnerAuthorization::DelegatedAdmin])
+        .await;
+    let customer = app.tenant(TenantKind::Customer, "Contoso").await;
+    let first = app
+        .accept(&customer, &app.offer(&p1).await, false)
+        .await
+        .unwrap();
+    let remove = || {
+        let r = req(
+            &customer.admin_token,
+            rel::RemoveDelegatedAdminRequest {
+                request_id: "remove-active".into(),
+                customer_tenant_id: customer.id.clone(),
+                ..Default::default()
+            },
+        );
+        let mut client = app.delegated();
+        async move { client.remove_delegated_admin(r).await }
+    };
+    let removed = remove().await.unwrap().into_inner().relationship.unwrap();
+    assert_eq!(removed.id, first.id);
+    let second = app
+        .accept(&customer, &app.offer(&p2).await, false)
+        .await
+        .unwrap();
+    let replayed = remove().await.unwrap().into_inner().relationship.unwrap();
+    assert_eq!(replayed, removed);
+    let active = format!(
+        "SELECT COUNT(*) FROM delegated_admin_relationships WHERE id = '{}' AND state = 'ACTIVE'",
+        second.id
+    );
+    assert_eq!(
+        app.rel_count(&active).await,
+        1,
+        "the newer one is still active"
+    );
+    assert_eq!(
+        app.rel_count(
+            "SELECT COUNT(*) FROM audit_events WHERE action = 'relationships.delegated_admin.remove'"
+        )
+        .await,
+        1
+    );
+}
+backend_test!(a_retried_removal_of_the_active_relationship_never_removes_a_newer_one);

@@ -7,7 +7,7 @@ use sovra_runtime::{
     audit,
     auth::{trace_id, Ctx},
     clock::{to_timestamp, Millis},
-    db::Tx,
+    db::{Backend, Tx},
     features::Feature,
     idempotency::{self, after_commit_failed, replay, Idempotency},
     ids::TenantId,
@@ -41,13 +41,7 @@ impl Relationships {
         now: Millis,
         then: impl FnOnce(&Relationship) -> Writes,
     ) -> Result<GrantChange, Error> {
-        rel.state = state;
-        rel.version += 1;
-        rel.updated_at = now;
-        match state {
-            DelegatedState::Active => rel.activated_at = Some(now),
-            _ => rel.ended_at = Some(now),
-        }
+        advance(rel, state, now);
         let then = then(rel);
         delegated::transition(tx, rel, self.outbox().now(), then).await
     }
@@ -149,6 +143,63 @@ impl Relationships {
         self.require(ctx, tenant, p).await.map(|_| ())
     }
 
+    /// A removal as one statement of its own (PostgreSQL): the relationship
+    /// read first, outside any transaction, and removed only if it is still
+    /// what was read (ACTIVE, same version), under the customer's lock, with
+    /// its audit record and stored answer. None when it was not, or on
+    /// SQLite (whose transaction holds the one writer anyway): the caller
+    /// takes the transaction, which reads again under the lock and replays,
+    /// refuses or removes.
+    async fn remove_at_once(
+        &self,
+        ctx: &Ctx,
+        customer: &TenantId,
+        r: &pb::RemoveDelegatedAdminRequest,
+        idem: &Option<Idempotency>,
+    ) -> Result<Option<pb::RemoveDelegatedAdminResponse>, Error> {
+        if self.db().backend() != Backend::Postgres {
+            return Ok(None);
+        }
+        let read = self.db().read();
+        let seen = if r.id.is_empty() {
+            delegated::active_for_customer(read, customer.as_str()).await?
+        } else {
+            delegated::get(read, &r.id).await?
+        };
+        let Some(mut rel) = seen.filter(|d| {
+            d.customer_tenant_id == customer.as_str() && d.state == DelegatedState::Active
+        }) else {
+            return Ok(None);
+        };
+        let from_version = rel.version;
+        let now = self.now();
+        advance(&mut rel, DelegatedState::Removed, now);
+        let w = removal(ctx, customer, &r.request_id, idem, now, &rel);
+        // No lookup of an earlier answer first: a retry finds the
+        // relationship removed (and takes the transaction, which replays),
+        // or, removing whichever is active, the request id's uniqueness.
+        match delegated::transition_alone(self.db(), &rel, from_version, self.outbox().now(), w)
+            .await
+        {
+            Ok(Some(change)) => Ok(Some(self.removed(&rel, change).await)),
+            Ok(None) => Ok(None),
+            Err(e) => after_commit_failed(idem, self.db(), e).await.map(Some),
+        }
+    }
+
+    /// After a removal's commit: counted, delivered to identity, answered.
+    async fn removed(
+        &self,
+        rel: &Relationship,
+        change: GrantChange,
+    ) -> pb::RemoveDelegatedAdminResponse {
+        sovra_runtime::metrics::business::delegated_admin("removed");
+        self.outbox().deliver_now(&[change]).await;
+        pb::RemoveDelegatedAdminResponse {
+            relationship: Some(relationship_to_pb(rel)),
+        }
+    }
+
     /// The current holder's name for the multi-channel refusal.
     async fn holder_name(&self, ctx: &Ctx, partner: &str) -> String {
         match self.identity().tenant("code", partner, &ctx.trace_id).await {
@@ -156,6 +207,44 @@ impl Relationships {
             Err(_) => partner.to_owned(),
         }
     }
+}
+
+/// Moves `rel` to `state` at `now`, in memory: its next version.
+fn advance(rel: &mut Relationship, state: DelegatedState, now: Millis) {
+    rel.state = state;
+    rel.version += 1;
+    rel.updated_at = now;
+    match state {
+        DelegatedState::Active => rel.activated_at = Some(now),
+        _ => rel.ended_at = Some(now),
+    }
+}
+
+/// A removal's audit record and stored answer, to write with its
+/// transition.
+fn removal(
+    ctx: &Ctx,
+    customer: &TenantId,
+    request_id: &str,
+    idem: &Option<Idempotency>,
+    now: Millis,
+    rel: &Relationship,
+) -> Writes {
+    let resp = pb::RemoveDelegatedAdminResponse {
+        relationship: Some(relationship_to_pb(rel)),
+    };
+    let audit = Change {
+        tenant_id: customer.as_str(),
+        delegated: false,
+        action: "relationships.delegated_admin.remove",
+        target: format!(
+            "delegated_admin_relationships/{} (partner {})",
+            rel.id, rel.partner_tenant_id
+        ),
+    };
+    let mut w = Writes::new();
+    audit::add(&mut w, now, ctx, Some(audit), request_id, idem, &resp);
+    w
 }
 
 /// What [`Relationships::activate`] found or did.
@@ -366,13 +455,16 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         let idem = Idempotency::new(&ctx.caller, "RemoveDelegatedAdmin", &r.request_id, &r)?;
         self.require_customer_global_admin(&ctx, &customer, "remove delegated administration")
             .await?;
+        if let Some(resp) = self.remove_at_once(&ctx, &customer, &r, &idem).await? {
+            return Ok(Response::new(resp));
+        }
         let mut tx = self.db().begin().await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
             return Ok(Response::new(prev));
         }
         let mut rel = if r.id.is_empty() {
             delegated::lock_customer(&mut tx, customer.as_str()).await?;
-            delegated::active_for_customer(&mut tx, customer.as_str())
+            delegated::active_for_customer(&mut *tx, customer.as_str())
                 .await?
                 .ok_or_else(|| {
                     Error::not_found(
@@ -410,33 +502,12 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         // The removal's audit record and stored answer go with its
         // transition, in the same call.
         let now = self.now();
-        let answer = |rel: &Relationship| {
-            let resp = pb::RemoveDelegatedAdminResponse {
-                relationship: Some(relationship_to_pb(rel)),
-            };
-            let audit = Change {
-                tenant_id: customer.as_str(),
-                delegated: false,
-                action: "relationships.delegated_admin.remove",
-                target: format!(
-                    "delegated_admin_relationships/{} (partner {})",
-                    rel.id, rel.partner_tenant_id
-                ),
-            };
-            let mut w = Writes::new();
-            audit::add(&mut w, now, &ctx, Some(audit), &r.request_id, &idem, &resp);
-            w
-        };
+        let answer = |rel: &Relationship| removal(&ctx, &customer, &r.request_id, &idem, now, rel);
         let change = self
             .transition(&mut tx, &mut rel, DelegatedState::Removed, now, answer)
             .await?;
         tx.commit().await.map_err(Error::from)?;
-        let resp = pb::RemoveDelegatedAdminResponse {
-            relationship: Some(relationship_to_pb(&rel)),
-        };
-        sovra_runtime::metrics::business::delegated_admin("removed");
-        self.outbox().deliver_now(&[change]).await;
-        Ok(Response::new(resp))
+        Ok(Response::new(self.removed(&rel, change).await))
     }
 
     async fn revoke_delegated_admin_offer(

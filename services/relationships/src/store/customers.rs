@@ -161,7 +161,7 @@ pub async fn touch_then(
          display_name = excluded.display_name, primary_domain = excluded.primary_domain, \
          name_key = excluded.name_key, domain_key = excluded.domain_key, updated_at = excluded.updated_at";
     let backend = tx.backend();
-    let (then, apart) = then.appended(backend, 8);
+    let (then, apart) = then.appended(backend, 8, false);
     let sql = match backend {
         _ if then.sql.is_empty() => std::borrow::Cow::Borrowed(TOUCH),
         Backend::Postgres => format!("WITH touch AS ({TOUCH}){} SELECT 1", then.sql).into(),

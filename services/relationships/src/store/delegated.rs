@@ -3,7 +3,7 @@
 
 use sovra_runtime::{
     clock::Millis,
-    db::{Backend, Tx},
+    db::{Backend, Db, Tx},
     idempotency::write_error,
     writes::{Insert, Writes},
     Error,
@@ -89,11 +89,6 @@ pub async fn lock_customer(tx: &mut Tx, customer: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The customer's lock (`$1`): a row whose update a concurrent change of
-/// the same customer waits for.
-const LOCK: &str = "INSERT INTO customer_locks (customer_tenant_id, n) VALUES ($1, 1) \
-     ON CONFLICT (customer_tenant_id) DO UPDATE SET n = customer_locks.n + 1";
-
 /// Records `rel`'s new state and queues its grant change at `queued_at`,
 /// in `tx`: the relationship row, the partner's customer row, the pair's
 /// next grant version and the outbox row, in one call (on PostgreSQL one
@@ -108,7 +103,7 @@ pub async fn transition(
 ) -> Result<GrantChange, Error> {
     let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
     let backend = tx.backend();
-    let (then, apart) = then.appended(backend, TRANSITION_PARAMS + 1);
+    let (then, apart) = then.appended(backend, TRANSITION_PARAMS + 1, false);
     let sql = match backend {
         Backend::Postgres => format!("{TRANSITION_WITH}{} {TRANSITION_LAST}", then.sql),
         Backend::Sqlite => format!("{TRANSITION_SQLITE}{}", then.sql),
@@ -135,8 +130,49 @@ pub async fn transition(
     Ok(change)
 }
 
-pub async fn active_for_customer(
-    tx: &mut Tx,
+/// [`transition`] as a statement of its own (PostgreSQL): takes the
+/// customer's lock, then moves `rel` only if it is still ACTIVE at
+/// `from_version`, and writes `then` only if it did. None when it was not
+/// (nothing is written but the lock's count). The statement runs after the
+/// lock is granted, and a row changed meanwhile is checked as it is now,
+/// so a change committed while it waited is never overwritten.
+pub async fn transition_alone(
+    db: &Db,
+    rel: &Relationship,
+    from_version: i64,
+    queued_at: Millis,
+    then: Writes,
+) -> Result<Option<GrantChange>, Error> {
+    let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
+    let (then, apart) = then.appended(Backend::Postgres, TRANSITION_PARAMS + 2, true);
+    if apart.is_some() {
+        return Err(Error::internal(
+            "a removal's writes must join its statement".to_owned(),
+        ));
+    }
+    let sql = format!("{TRANSITION_GUARDED}{} SELECT version FROM guard", then.sql);
+    let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
+    let q = bind_update(sqlx::query(&sql), rel)
+        .bind(partner)
+        .bind(customer)
+        .bind(queued_at)
+        .bind(&change.id)
+        .bind(queued_at + outbox::INLINE_MS)
+        .bind(from_version);
+    let row = then
+        .bind(q)
+        .fetch_optional(db.write())
+        .await
+        .map_err(write_error)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    change.version = row.try_get(0)?;
+    Ok(Some(change))
+}
+
+pub async fn active_for_customer<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
     customer: &str,
 ) -> Result<Option<Relationship>, Error> {
     let q = format!(
@@ -144,7 +180,7 @@ pub async fn active_for_customer(
     );
     sqlx::query(&q)
         .bind(customer)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(ex)
         .await?
         .map(|r| from_row(&r))
         .transpose()
@@ -254,6 +290,21 @@ pub async fn insert(tx: &mut Tx, r: &Relationship) -> Result<(), Error> {
     Ok(())
 }
 
+/// The customer's lock: a row whose update a concurrent change of the
+/// same customer waits for (the customer's id is `$customer`).
+macro_rules! lock_sql {
+    ($customer:literal) => {
+        concat!(
+            "INSERT INTO customer_locks (customer_tenant_id, n) VALUES (",
+            $customer,
+            ", 1) ON CONFLICT (customer_tenant_id) DO UPDATE SET n = customer_locks.n + 1"
+        )
+    };
+}
+
+/// The customer's lock (`$1`).
+const LOCK: &str = lock_sql!("$1");
+
 /// Writes back a changed relationship (state, times, reassignment,
 /// version): `$1` … `$7`, bound by [`bind_update`].
 macro_rules! update_sql {
@@ -272,12 +323,16 @@ macro_rules! book_sql {
     };
 }
 
-/// The pair's next grant version (partner `$8`, customer `$9`).
+/// The pair's next grant version (partner `$8`, customer `$9`), its first
+/// row from `$source` (`VALUES ($9, $8, 1)`, or a `SELECT` of it).
 macro_rules! grant_version_sql {
-    () => {
-        "INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) \
-         VALUES ($9, $8, 1) ON CONFLICT (customer_tenant_id, partner_tenant_id) \
-         DO UPDATE SET version = grant_versions.version + 1"
+    ($source:literal) => {
+        concat!(
+            "INSERT INTO grant_versions (customer_tenant_id, partner_tenant_id, version) ",
+            $source,
+            " ON CONFLICT (customer_tenant_id, partner_tenant_id) \
+             DO UPDATE SET version = grant_versions.version + 1"
+        )
     };
 }
 
@@ -301,13 +356,31 @@ const TRANSITION_WITH: &str = concat!(
     "), book AS (",
     book_sql!(),
     "), grant_version AS (",
-    grant_version_sql!(),
+    grant_version_sql!("VALUES ($9, $8, 1)"),
     " RETURNING version)"
 );
 
 /// The statement [`TRANSITION_WITH`] leads to: the outbox row, which
 /// returns the grant version.
 const TRANSITION_LAST: &str = concat!(outbox_sql!(), " FROM grant_version RETURNING version");
+
+/// [`TRANSITION_WITH`] for [`transition_alone`], its outbox row named
+/// `guard`: the customer's lock (`$9`) first, then the relationship only
+/// if still ACTIVE at version `$13`, and the rest only if it moved.
+const TRANSITION_GUARDED: &str = concat!(
+    "WITH lock AS (",
+    lock_sql!("$9"),
+    " RETURNING n), rel AS (",
+    update_sql!(),
+    " AND customer_tenant_id = $9 AND state = 'ACTIVE' AND version = $13 \
+     AND EXISTS (SELECT 1 FROM lock) RETURNING id), book AS (",
+    book_sql!(),
+    " AND EXISTS (SELECT 1 FROM rel)), grant_version AS (",
+    grant_version_sql!("SELECT $9, $8, 1 FROM rel"),
+    " RETURNING version), guard AS (",
+    outbox_sql!(),
+    " FROM grant_version RETURNING version)"
+);
 
 /// How many parameters a transition binds.
 const TRANSITION_PARAMS: usize = 12;
@@ -319,7 +392,7 @@ const TRANSITION_SQLITE: &str = concat!(
     "; ",
     book_sql!(),
     "; ",
-    grant_version_sql!(),
+    grant_version_sql!("VALUES ($9, $8, 1)"),
     "; ",
     outbox_sql!(),
     " FROM grant_versions WHERE customer_tenant_id = $9 AND partner_tenant_id = $8 RETURNING version"
