@@ -69,7 +69,7 @@ impl Relationships {
         delegated::lock_customer(tx, customer_id).await?;
         let mut changes = Vec::new();
         let mut reassigned_from = None;
-        let (held, pending) = delegated::held_and_pending(tx, customer_id, offer_id).await?;
+        let (held, pending) = delegated::held_and_pending(&mut **tx, customer_id, offer_id).await?;
         if let Some(mut held) = held {
             if held.partner_tenant_id == partner.as_str() {
                 return Ok(Activated::Already(held));
@@ -141,6 +141,74 @@ impl Relationships {
             idpb::Permission::UsersRead
         };
         self.require(ctx, tenant, p).await.map(|_| ())
+    }
+
+    /// An acceptance that makes a new relationship, as one statement of its
+    /// own (PostgreSQL): read first, outside any transaction, when the
+    /// customer has no ACTIVE relationship and the offer no PENDING one;
+    /// the statement takes the customer's lock and writes the relationship
+    /// ACTIVE with the rest of the change, its audit record and stored
+    /// answer. A relationship made ACTIVE meanwhile makes the database's
+    /// one-ACTIVE index refuse it. None then, on SQLite, or when the read
+    /// found anything: the caller takes the transaction, which reads again
+    /// under the lock and applies the multi-channel rule (or replays).
+    async fn accept_at_once(
+        &self,
+        ctx: &Ctx,
+        partner: &TenantId,
+        customer: &idpb::Tenant,
+        offer_id: &str,
+        r: &pb::AcceptDelegatedAdminOfferRequest,
+        idem: &Option<Idempotency>,
+    ) -> Result<Option<pb::AcceptDelegatedAdminOfferResponse>, Error> {
+        if self.db().backend() != Backend::Postgres {
+            return Ok(None);
+        }
+        let customer_id = self.tenant_id("customer_tenant_id", &customer.id)?;
+        let (held, pending) =
+            delegated::held_and_pending(self.db().read(), customer_id.as_str(), offer_id).await?;
+        if held.is_some() || pending.is_some() {
+            return Ok(None);
+        }
+        let now = self.now();
+        let mut rel = Relationship {
+            version: 0,
+            ..Relationship::pending(partner.as_str(), customer_id.as_str(), offer_id, now)
+        };
+        advance(&mut rel, DelegatedState::Active, now);
+        let w = acceptance(
+            ctx,
+            &customer_id,
+            partner,
+            &r.request_id,
+            idem,
+            now,
+            &rel,
+            None,
+        );
+        let named = (
+            customer.display_name.as_str(),
+            customer.primary_domain.as_str(),
+        );
+        match delegated::activate_alone(self.db(), &rel, named, self.outbox().now(), w).await {
+            Ok(Some(change)) => Ok(Some(self.accepted(&rel, &[change]).await)),
+            Ok(None) => Ok(None),
+            Err(e) => after_commit_failed(idem, self.db(), e).await.map(Some),
+        }
+    }
+
+    /// After an acceptance's commit: counted, delivered to identity, answered.
+    async fn accepted(
+        &self,
+        rel: &Relationship,
+        changes: &[GrantChange],
+    ) -> pb::AcceptDelegatedAdminOfferResponse {
+        sovra_runtime::metrics::business::link_redeemed(LinkKind::DelegatedAdmin.as_str());
+        sovra_runtime::metrics::business::delegated_admin("accepted");
+        self.outbox().deliver_now(changes).await;
+        pb::AcceptDelegatedAdminOfferResponse {
+            relationship: Some(relationship_to_pb(rel)),
+        }
     }
 
     /// A removal as one statement of its own (PostgreSQL): the relationship
@@ -218,6 +286,49 @@ fn advance(rel: &mut Relationship, state: DelegatedState, now: Millis) {
         DelegatedState::Active => rel.activated_at = Some(now),
         _ => rel.ended_at = Some(now),
     }
+}
+
+/// An acceptance's audit record and stored answer (reassigned `from`
+/// another partner, or not), to write with its transition.
+#[allow(clippy::too_many_arguments)]
+fn acceptance(
+    ctx: &Ctx,
+    customer: &TenantId,
+    partner: &TenantId,
+    request_id: &str,
+    idem: &Option<Idempotency>,
+    now: Millis,
+    rel: &Relationship,
+    from: Option<&str>,
+) -> Writes {
+    let resp = pb::AcceptDelegatedAdminOfferResponse {
+        relationship: Some(relationship_to_pb(rel)),
+    };
+    let (action, target) = match from {
+        Some(from) => (
+            "relationships.delegated_admin.reassign",
+            format!(
+                "delegated_admin_relationships/{} (from partner {from} to {partner})",
+                rel.id
+            ),
+        ),
+        None => (
+            "relationships.delegated_admin.accept",
+            format!(
+                "delegated_admin_relationships/{} (partner {partner})",
+                rel.id
+            ),
+        ),
+    };
+    let change = Change {
+        tenant_id: customer.as_str(),
+        delegated: false,
+        action,
+        target,
+    };
+    let mut w = Writes::new();
+    audit::add(&mut w, now, ctx, Some(change), request_id, idem, &resp);
+    w
 }
 
 /// A removal's audit record and stored answer, to write with its
@@ -380,6 +491,12 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
             &[idpb::PartnerAuthorization::DelegatedAdmin],
         )
         .await?;
+        if let Some(resp) = self
+            .accept_at_once(&ctx, &partner, &c, &link.id, &r, &idem)
+            .await?
+        {
+            return Ok(Response::new(resp));
+        }
 
         let mut tx = self.db().begin().await?;
         if let Some(prev) = replay(&idem, &mut tx).await? {
@@ -389,34 +506,16 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         // The acceptance's audit record and stored answer go with its
         // transition, in the same call.
         let answer = |rel: &Relationship, from: Option<&str>| {
-            let resp = pb::AcceptDelegatedAdminOfferResponse {
-                relationship: Some(relationship_to_pb(rel)),
-            };
-            let (action, target) = match from {
-                Some(from) => (
-                    "relationships.delegated_admin.reassign",
-                    format!(
-                        "delegated_admin_relationships/{} (from partner {from} to {partner})",
-                        rel.id
-                    ),
-                ),
-                None => (
-                    "relationships.delegated_admin.accept",
-                    format!(
-                        "delegated_admin_relationships/{} (partner {partner})",
-                        rel.id
-                    ),
-                ),
-            };
-            let change = Change {
-                tenant_id: customer.as_str(),
-                delegated: false,
-                action,
-                target,
-            };
-            let mut w = Writes::new();
-            audit::add(&mut w, now, &ctx, Some(change), &r.request_id, &idem, &resp);
-            w
+            acceptance(
+                &ctx,
+                &customer,
+                &partner,
+                &r.request_id,
+                &idem,
+                now,
+                rel,
+                from,
+            )
         };
         let Activation { rel, changes } = match self
             .activate(
@@ -436,12 +535,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
             Activated::Now(a) => a,
         };
         tx.commit().await.map_err(Error::from)?;
-        sovra_runtime::metrics::business::link_redeemed(LinkKind::DelegatedAdmin.as_str());
-        sovra_runtime::metrics::business::delegated_admin("accepted");
-        self.outbox().deliver_now(&changes).await;
-        Ok(Response::new(pb::AcceptDelegatedAdminOfferResponse {
-            relationship: Some(relationship_to_pb(&rel)),
-        }))
+        Ok(Response::new(self.accepted(&rel, &changes).await))
     }
 
     async fn remove_delegated_admin(

@@ -3,6 +3,7 @@
 
 use sovra_runtime::{
     clock::Millis,
+    db::unique_violation_table,
     db::{Backend, Db, Tx},
     idempotency::write_error,
     writes::{Insert, Writes},
@@ -18,7 +19,7 @@ use super::{
     corrupt,
     outbox::{self, GrantChange},
 };
-use crate::domain::states::DelegatedState;
+use crate::domain::{search::key, states::DelegatedState};
 
 #[derive(Debug, Clone)]
 pub struct Relationship {
@@ -171,6 +172,52 @@ pub async fn transition_alone(
     Ok(Some(change))
 }
 
+/// A new relationship `rel`, ACTIVE at version 1, as a statement of its
+/// own (PostgreSQL): takes the customer's lock, then writes the partner's
+/// customer row (`named`: the customer's display name and primary domain)
+/// booked to it, the relationship, the pair's next grant version, the
+/// outbox row and `then`. None when another relationship of the customer
+/// became ACTIVE first (the one-ACTIVE index refuses it; nothing is written).
+pub async fn activate_alone(
+    db: &Db,
+    rel: &Relationship,
+    named: (&str, &str),
+    queued_at: Millis,
+    then: Writes,
+) -> Result<Option<GrantChange>, Error> {
+    let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
+    let (then, apart) = then.appended(Backend::Postgres, ACTIVATE_PARAMS + 1, true);
+    if apart.is_some() {
+        return Err(Error::internal(
+            "an acceptance's writes must join its statement".to_owned(),
+        ));
+    }
+    let sql = format!("{ACTIVATE_ALONE}{} SELECT version FROM guard", then.sql);
+    let (name, domain) = named;
+    let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
+    let q = bind_update(sqlx::query(&sql), rel)
+        .bind(partner)
+        .bind(customer)
+        .bind(queued_at)
+        .bind(&change.id)
+        .bind(queued_at + outbox::INLINE_MS)
+        .bind(&rel.offer_id)
+        .bind(rel.created_at)
+        .bind(name)
+        .bind(domain)
+        .bind(key(name))
+        .bind(key(domain));
+    let row = match then.bind(q).fetch_one(db.write()).await {
+        Ok(row) => row,
+        Err(e) if unique_violation_table(&e) == Some("delegated_admin_relationships") => {
+            return Ok(None)
+        }
+        Err(e) => return Err(write_error(e)),
+    };
+    change.version = row.try_get(0)?;
+    Ok(Some(change))
+}
+
 pub async fn active_for_customer<'e, E: Executor<'e, Database = Any>>(
     ex: E,
     customer: &str,
@@ -188,8 +235,8 @@ pub async fn active_for_customer<'e, E: Executor<'e, Database = Any>>(
 
 /// The customer's ACTIVE relationship and the PENDING one `offer_id` made
 /// to it, each if there is one, in one call (each arm an index lookup).
-pub async fn held_and_pending(
-    tx: &mut Tx,
+pub async fn held_and_pending<'e, E: Executor<'e, Database = Any>>(
+    ex: E,
     customer: &str,
     offer_id: &str,
 ) -> Result<(Option<Relationship>, Option<Relationship>), Error> {
@@ -202,7 +249,7 @@ pub async fn held_and_pending(
     for r in sqlx::query(&q)
         .bind(customer)
         .bind(offer_id)
-        .fetch_all(&mut **tx)
+        .fetch_all(ex)
         .await?
     {
         let rel = from_row(&r)?;
@@ -381,6 +428,34 @@ const TRANSITION_GUARDED: &str = concat!(
     outbox_sql!(),
     " FROM grant_version RETURNING version)"
 );
+
+/// [`activate_alone`]'s statement: the customer's lock (`$9`), then the
+/// partner's customer row booked to the relationship (name `$15`, domain
+/// `$16`, their search keys `$17`, `$18`), the relationship (`$1` … `$7`
+/// as in [`update_sql`], offer `$13`, created `$14`), the pair's next grant
+/// version and the outbox row, named `guard`.
+const ACTIVATE_ALONE: &str = concat!(
+    "WITH lock AS (",
+    lock_sql!("$9"),
+    " RETURNING n), touch AS (INSERT INTO partner_customers (partner_tenant_id, customer_tenant_id, \
+     display_name, primary_domain, name_key, domain_key, created_at, updated_at, delegated_state, \
+     delegated_relationship_id) SELECT $8, $9, $15, $16, $17, $18, $7, $7, $2, $1 FROM lock \
+     ON CONFLICT (partner_tenant_id, customer_tenant_id) DO UPDATE SET \
+     display_name = excluded.display_name, primary_domain = excluded.primary_domain, \
+     name_key = excluded.name_key, domain_key = excluded.domain_key, updated_at = excluded.updated_at, \
+     delegated_state = excluded.delegated_state, \
+     delegated_relationship_id = excluded.delegated_relationship_id), \
+     rel AS (INSERT INTO delegated_admin_relationships (id, partner_tenant_id, customer_tenant_id, \
+     state, offer_id, reassigned_to, version, created_at, activated_at, ended_at, updated_at) \
+     SELECT $1, $8, $9, $2, $13, $3, $4, $14, $5, $6, $7 FROM lock RETURNING id), grant_version AS (",
+    grant_version_sql!("SELECT $9, $8, 1 FROM rel"),
+    " RETURNING version), guard AS (",
+    outbox_sql!(),
+    " FROM grant_version RETURNING version)"
+);
+
+/// How many parameters [`ACTIVATE_ALONE`] binds.
+const ACTIVATE_PARAMS: usize = 18;
 
 /// How many parameters a transition binds.
 const TRANSITION_PARAMS: usize = 12;
