@@ -206,6 +206,15 @@ impl Source {
             Source::Values
         }
     }
+
+    /// In a chain of SQLite statements, after a guard or not.
+    fn chained(guarded: bool) -> Self {
+        if guarded {
+            Source::Changed
+        } else {
+            Source::Values
+        }
+    }
 }
 
 /// A statement written by hand, its values bound from `$1`.
@@ -316,12 +325,7 @@ impl Writes {
                 }
                 Backend::Sqlite => {
                     sql.push_str(";\n");
-                    let source = if from_guard {
-                        Source::Changed
-                    } else {
-                        Source::Values
-                    };
-                    i.write_sql(&mut sql, n, source);
+                    i.write_sql(&mut sql, n, Source::chained(from_guard));
                 }
             }
             n += i.values.len();
@@ -405,11 +409,7 @@ impl Writes {
             rows.next += g.values.len();
             bind_all(&mut rows.args, g.values);
         }
-        let source = if guarded {
-            Source::Changed
-        } else {
-            Source::Values
-        };
+        let source = Source::chained(guarded);
         for item in self.items {
             if let Item::Insert(i) = item {
                 rows.add(i, source);

@@ -252,16 +252,7 @@ async fn service_requests_by_the_customer_and_on_its_behalf_moved_by_the_operato
         .service_request
         .unwrap();
     assert_eq!(delegated.on_behalf_partner_tenant_id, reseller.id);
-    app.delegated()
-        .remove_delegated_admin(req(
-            &customer.admin_token,
-            rel::RemoveDelegatedAdminRequest {
-                customer_tenant_id: customer.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    app.remove(&customer, "", "").await.unwrap();
     expect_code(
         sr.clone()
             .create_service_request(create(&agent.token, "After"))

@@ -273,20 +273,7 @@ async fn a_partner_wins_a_customer_administers_it_and_loses_it_to_reassignment(b
     assert_eq!(old.reassigned_to_partner_tenant_id, p2.id);
 
     // The customer removes it; access is gone.
-    let removed = app
-        .delegated()
-        .remove_delegated_admin(req(
-            &customer.admin_token,
-            rel::RemoveDelegatedAdminRequest {
-                customer_tenant_id: customer.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .relationship
-        .unwrap();
+    let removed = app.remove(&customer, "", "").await.unwrap();
     assert_eq!(removed.state, rel::DelegatedAdminState::Removed as i32);
     assert!(
         app.await_access(
@@ -476,16 +463,7 @@ async fn grant_changes_made_while_identity_is_unreachable_arrive_in_order_once_i
     // P1 active → reassigned to P2 → P2 removed → P1 active again, all unseen by identity.
     app.accept(&customer, &c1, false).await.unwrap();
     app.accept(&customer, &c2, true).await.unwrap();
-    app.delegated()
-        .remove_delegated_admin(req(
-            &customer.admin_token,
-            rel::RemoveDelegatedAdminRequest {
-                customer_tenant_id: customer.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    app.remove(&customer, "", "").await.unwrap();
     app.accept(&customer, &app.offer(&p1).await, false)
         .await
         .unwrap();
@@ -638,16 +616,7 @@ async fn delivered_grant_changes_leave_the_outbox_together_and_never_count_as_wa
     assert_eq!(app.rel_count("SELECT COUNT(*) FROM grant_outbox").await, 0);
 
     // A change whose row is still there at shutdown leaves with the app.
-    app.delegated()
-        .remove_delegated_admin(req(
-            &customers[0].admin_token,
-            rel::RemoveDelegatedAdminRequest {
-                customer_tenant_id: customers[0].id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    app.remove(&customers[0], "", "").await.unwrap();
     assert!(
         !app.may(&agent, &customers[0], Permission::UsersManage)
             .await
@@ -691,32 +660,10 @@ async fn retried_acceptances_and_removals_answer_the_first_call_and_are_audited_
     let again = accept().await.unwrap().into_inner().relationship.unwrap();
     assert_eq!(again, first);
     assert_eq!(first.state, rel::DelegatedAdminState::Active as i32);
-    let remove = |request_id: &str| {
-        let r = req(
-            &customer.admin_token,
-            rel::RemoveDelegatedAdminRequest {
-                request_id: request_id.into(),
-                customer_tenant_id: customer.id.clone(),
-                id: first.id.clone(),
-            },
-        );
-        let mut client = app.delegated();
-        async move { client.remove_delegated_admin(r).await }
-    };
-    let removed = remove("remove-1")
-        .await
-        .unwrap()
-        .into_inner()
-        .relationship
-        .unwrap();
+    let removed = app.remove(&customer, "remove-1", &first.id).await.unwrap();
     assert_eq!(removed.state, rel::DelegatedAdminState::Removed as i32);
     assert_eq!(removed.id, first.id);
-    let replayed = remove("remove-1")
-        .await
-        .unwrap()
-        .into_inner()
-        .relationship
-        .unwrap();
+    let replayed = app.remove(&customer, "remove-1", &first.id).await.unwrap();
     assert_eq!(replayed, removed);
     let footprint = || async {
         (
@@ -734,7 +681,10 @@ async fn retried_acceptances_and_removals_answer_the_first_call_and_are_audited_
     };
     // One acceptance and one removal: the pair's grant is at version 2.
     assert_eq!(footprint().await, (1, 1, 1, 2));
-    let status = expect_code(remove("remove-2").await, Code::FailedPrecondition);
+    let status = expect_code(
+        app.remove(&customer, "remove-2", &first.id).await,
+        Code::FailedPrecondition,
+    );
     assert!(status.message().contains("REMOVED"), "{}", status.message());
     assert_eq!(footprint().await, (1, 1, 1, 2));
 }
@@ -767,22 +717,13 @@ async fn a_removal_racing_a_reassignment_ends_the_relationship_once(b: Backend) 
             .await
             .unwrap();
         let code = app.offer(&p2).await;
-        let mut client = app.delegated();
-        let remove = client.remove_delegated_admin(req(
-            &customer.admin_token,
-            rel::RemoveDelegatedAdminRequest {
-                customer_tenant_id: customer.id.clone(),
-                id: held.id.clone(),
-                ..Default::default()
-            },
-        ));
+        let remove = app.remove(&customer, "", &held.id);
         let (removed, reassigned) = tokio::join!(remove, app.accept(&customer, &code, true));
         let reassigned = reassigned.expect("a reassigning acceptance always succeeds");
         assert_eq!(reassigned.state, rel::DelegatedAdminState::Active as i32);
         let state = stored_state(&app, &held.id).await;
         match removed {
             Ok(r) => {
-                let r = r.into_inner().relationship.unwrap();
                 assert_eq!(r.state, rel::DelegatedAdminState::Removed as i32);
                 assert_eq!(state, "REMOVED", "round {round}");
             }
@@ -840,25 +781,14 @@ async fn a_retried_removal_of_the_active_relationship_never_removes_a_newer_one(
         .accept(&customer, &app.offer(&p1).await, false)
         .await
         .unwrap();
-    let remove = || {
-        let r = req(
-            &customer.admin_token,
-            rel::RemoveDelegatedAdminRequest {
-                request_id: "remove-active".into(),
-                customer_tenant_id: customer.id.clone(),
-                ..Default::default()
-            },
-        );
-        let mut client = app.delegated();
-        async move { client.remove_delegated_admin(r).await }
-    };
-    let removed = remove().await.unwrap().into_inner().relationship.unwrap();
+    let remove = || app.remove(&customer, "remove-active", "");
+    let removed = remove().await.unwrap();
     assert_eq!(removed.id, first.id);
     let second = app
         .accept(&customer, &app.offer(&p2).await, false)
         .await
         .unwrap();
-    let replayed = remove().await.unwrap().into_inner().relationship.unwrap();
+    let replayed = remove().await.unwrap();
     assert_eq!(replayed, removed);
     let active = format!(
         "SELECT COUNT(*) FROM delegated_admin_relationships WHERE id = '{}' AND state = 'ACTIVE'",

@@ -517,6 +517,27 @@ impl TestApp {
             .map(|r| r.into_inner().relationship.unwrap())
     }
 
+    /// The customer's global admin removes delegated-admin relationship
+    /// `id` (empty: whichever is active), under `request_id` (empty: none).
+    pub async fn remove(
+        &self,
+        customer: &Tenant,
+        request_id: &str,
+        id: &str,
+    ) -> Result<rel::DelegatedAdminRelationship, Status> {
+        self.delegated()
+            .remove_delegated_admin(req(
+                &customer.admin_token,
+                rel::RemoveDelegatedAdminRequest {
+                    request_id: request_id.into(),
+                    customer_tenant_id: customer.id.clone(),
+                    id: id.into(),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().relationship.unwrap())
+    }
+
     /// Whether `token`'s user may reset a non-admin password in `tenant`.
     pub async fn may(&self, token: &str, tenant: &Tenant, p: Permission) -> bool {
         self.access()

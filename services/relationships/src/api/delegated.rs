@@ -152,10 +152,12 @@ impl Relationships {
     /// one-ACTIVE index refuse it. None then, on SQLite, or when the read
     /// found anything: the caller takes the transaction, which reads again
     /// under the lock and applies the multi-channel rule (or replays).
+    #[allow(clippy::too_many_arguments)]
     async fn accept_at_once(
         &self,
         ctx: &Ctx,
         partner: &TenantId,
+        customer_id: &TenantId,
         customer: &idpb::Tenant,
         offer_id: &str,
         r: &pb::AcceptDelegatedAdminOfferRequest,
@@ -164,7 +166,6 @@ impl Relationships {
         if self.db().backend() != Backend::Postgres {
             return Ok(None);
         }
-        let customer_id = self.tenant_id("customer_tenant_id", &customer.id)?;
         let (held, pending) =
             delegated::held_and_pending(self.db().read(), customer_id.as_str(), offer_id).await?;
         if held.is_some() || pending.is_some() {
@@ -178,7 +179,7 @@ impl Relationships {
         advance(&mut rel, DelegatedState::Active, now);
         let w = acceptance(
             ctx,
-            &customer_id,
+            customer_id,
             partner,
             &r.request_id,
             idem,
@@ -492,7 +493,7 @@ impl pb::delegated_admin_service_server::DelegatedAdminService for Relationships
         )
         .await?;
         if let Some(resp) = self
-            .accept_at_once(&ctx, &partner, &c, &link.id, &r, &idem)
+            .accept_at_once(&ctx, &partner, &customer, &c, &link.id, &r, &idem)
             .await?
         {
             return Ok(Response::new(resp));

@@ -3,10 +3,9 @@
 
 use sovra_runtime::{
     clock::Millis,
-    db::unique_violation_table,
-    db::{Backend, Db, Tx},
+    db::{unique_violation_table, Backend, Db, Tx},
     idempotency::write_error,
-    writes::{Insert, Writes},
+    writes::{Appended, Insert, Writes},
     Error,
 };
 use sqlx::{
@@ -110,14 +109,8 @@ pub async fn transition(
         Backend::Sqlite => format!("{TRANSITION_SQLITE}{}", then.sql),
     };
     let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
-    let q = bind_update(sqlx::query(&sql), rel)
-        .bind(partner)
-        .bind(customer)
-        .bind(queued_at)
-        .bind(&change.id)
-        .bind(queued_at + outbox::INLINE_MS);
     let rows = then
-        .bind(q)
+        .bind(bind_transition(&sql, rel, &change, queued_at))
         .fetch_all(&mut **tx)
         .await
         .map_err(write_error)?;
@@ -145,21 +138,10 @@ pub async fn transition_alone(
     then: Writes,
 ) -> Result<Option<GrantChange>, Error> {
     let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
-    let (then, apart) = then.appended(Backend::Postgres, TRANSITION_PARAMS + 2, true);
-    if apart.is_some() {
-        return Err(Error::internal(
-            "a removal's writes must join its statement".to_owned(),
-        ));
-    }
+    let then = appended_to_guard(then, TRANSITION_PARAMS + 2, "a removal")?;
     let sql = format!("{TRANSITION_GUARDED}{} SELECT version FROM guard", then.sql);
     let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
-    let q = bind_update(sqlx::query(&sql), rel)
-        .bind(partner)
-        .bind(customer)
-        .bind(queued_at)
-        .bind(&change.id)
-        .bind(queued_at + outbox::INLINE_MS)
-        .bind(from_version);
+    let q = bind_transition(&sql, rel, &change, queued_at).bind(from_version);
     let row = then
         .bind(q)
         .fetch_optional(db.write())
@@ -186,21 +168,11 @@ pub async fn activate_alone(
     then: Writes,
 ) -> Result<Option<GrantChange>, Error> {
     let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
-    let (then, apart) = then.appended(Backend::Postgres, ACTIVATE_PARAMS + 1, true);
-    if apart.is_some() {
-        return Err(Error::internal(
-            "an acceptance's writes must join its statement".to_owned(),
-        ));
-    }
+    let then = appended_to_guard(then, ACTIVATE_PARAMS + 1, "an acceptance")?;
     let sql = format!("{ACTIVATE_ALONE}{} SELECT version FROM guard", then.sql);
     let (name, domain) = named;
     let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
-    let q = bind_update(sqlx::query(&sql), rel)
-        .bind(partner)
-        .bind(customer)
-        .bind(queued_at)
-        .bind(&change.id)
-        .bind(queued_at + outbox::INLINE_MS)
+    let q = bind_transition(&sql, rel, &change, queued_at)
         .bind(&rel.offer_id)
         .bind(rel.created_at)
         .bind(name)
@@ -485,6 +457,35 @@ fn bind_update<'q>(
         .bind(r.activated_at)
         .bind(r.ended_at)
         .bind(r.updated_at)
+}
+
+/// Binds a transition's `$1` … `$12`: `r` as [`update_sql`]'s `$1` …
+/// `$7`, its partner `$8` and customer `$9`, and `change` (its id `$11`)
+/// queued at `$10`, due at `$12`.
+fn bind_transition<'q>(
+    sql: &'q str,
+    r: &'q Relationship,
+    change: &'q GrantChange,
+    queued_at: Millis,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    bind_update(sqlx::query(sql), r)
+        .bind(&r.partner_tenant_id)
+        .bind(&r.customer_tenant_id)
+        .bind(queued_at)
+        .bind(&change.id)
+        .bind(queued_at + outbox::INLINE_MS)
+}
+
+/// `then` as the tail of a statement of its own that writes them only if
+/// its `guard` did (see [`Writes::appended`]), from parameter `first`.
+/// `what` names the change for the error when they can't join it.
+fn appended_to_guard(then: Writes, first: usize, what: &str) -> Result<Appended, Error> {
+    match then.appended(Backend::Postgres, first, true) {
+        (a, None) => Ok(a),
+        (_, Some(_)) => Err(Error::internal(format!(
+            "{what}'s writes must join its statement"
+        ))),
+    }
 }
 
 /// Which side's relationships to list.
