@@ -21,6 +21,34 @@ pub fn bearer(token: &str) -> Option<MetadataValue<Ascii>> {
     MetadataValue::try_from(format!("Bearer {token}")).ok()
 }
 
+/// A user's access token as long as the ones `sovra up` issues from here
+/// (the same configuration, so the same issuer, instance, id formats and
+/// lifetime), signed by a throwaway key: what the baselines' requests carry
+/// as their authorization, so that they are Sovra's requests on the wire
+/// (nothing verifies it there).
+pub fn token_like_sovras() -> anyhow::Result<String> {
+    use sovra_runtime::{
+        auth::{Authority, Keyring},
+        clock::SystemClock,
+        config::{LoadOptions, Settings},
+        ids::{TenantId, UserId},
+    };
+    let s = Settings::load(&LoadOptions::default()).context("loading Sovra's configuration")?;
+    let authority = Authority::new(
+        std::sync::Arc::new(Keyring::generate()),
+        s.instance.token_issuer.clone(),
+        s.instance.name.clone(),
+        std::sync::Arc::new(SystemClock),
+    );
+    let token = authority.issue_user(
+        UserId::generate().as_str(),
+        TenantId::generate(&s.instance.name).as_str(),
+        false,
+        s.auth.access_token_ttl_secs,
+    );
+    Ok(token.value)
+}
+
 /// `msg` with `bearer` as its authorization.
 pub fn with_bearer<T>(bearer: Option<MetadataValue<Ascii>>, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
