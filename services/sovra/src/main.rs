@@ -17,6 +17,14 @@ use sovra_runtime::{
     tls::pki,
 };
 
+/// mimalloc instead of glibc's allocator: a CheckAccess allocates and frees
+/// a few dozen small blocks across two worker threads (HTTP/2 frames,
+/// headers, the request and answer), and under load glibc's `malloc`,
+/// `free` and `malloc_consolidate` took 14% of `sovra up`'s CPU (`perf`; see
+/// docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sovra",
