@@ -184,6 +184,13 @@ pub struct Up<'a> {
     pub database_url: Option<String>,
 }
 
+/// The operator token `sovra up` wrote into its data directory `dir`.
+pub fn operator_token(dir: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(dir.join("operator.token"))?
+        .trim()
+        .to_owned())
+}
+
 /// Starts `sovra up`; returns when health says SERVING, with the time from
 /// spawn to then, and a channel.
 pub async fn sovra_up(up: &Up<'_>) -> anyhow::Result<(Proc, Duration, Channel)> {

@@ -81,12 +81,13 @@ async fn check_access(
 /// again; at Sovra's token length that is most of what a CheckAccess
 /// request costs the transport beyond an empty echo. The baselines are the
 /// same requests on the wire; what Sovra does with the token is Sovra's.
-static BASE_BEARER: OnceLock<Option<MetadataValue<Ascii>>> = OnceLock::new();
+static BASE_TOKEN: OnceLock<String> = OnceLock::new();
 
 /// The baseline's CheckAccess: B0 answers at once, B1 inserts, B2 selects
-/// the row named by the tenant id. Its requests carry [`BASE_BEARER`].
+/// the row named by the tenant id. Its requests carry [`BASE_TOKEN`].
 async fn base_load(spec: load::Spec, p: &Proc, channels: &[Channel]) -> Outcome {
-    base_load_with(spec, p, channels, BASE_BEARER.get().cloned().flatten()).await
+    let bearer = BASE_TOKEN.get().and_then(|t| world::bearer(t));
+    base_load_with(spec, p, channels, bearer).await
 }
 
 async fn base_load_with(
@@ -257,7 +258,7 @@ async fn suite(args: &RunArgs, bin: &Path, tmp: &Path, report: &mut Report) -> a
          B0 without it is measured once for reference and not read.",
         token.len()
     ));
-    let _ = BASE_BEARER.set(world::bearer(&token));
+    let _ = BASE_TOKEN.set(token);
     let b0 = procs::baseline(Mode::Echo, "")?;
     let b0_ch = procs::plain(b0.addr, n).await?;
     let b0_max = report.run("B0 echo, max rate", "—", base_load(max, &b0, &b0_ch).await);
@@ -305,6 +306,46 @@ async fn suite(args: &RunArgs, bin: &Path, tmp: &Path, report: &mut Report) -> a
         over_mtls(args, bin, tmp, report).await?;
     }
     Ok(())
+}
+
+/// A `sovra up --plaintext` in `dir` (`database_url`: see [`Up`]), SERVING,
+/// with `n` load connections and the suite's data made in it over gRPC.
+/// Fields drop in order: the connections, then the process.
+struct PlainUp {
+    ch: Vec<Channel>,
+    /// One more, for setup calls beside the load.
+    ch0: Channel,
+    up: Proc,
+    /// From start to SERVING, on new databases.
+    first_start: Duration,
+    operator: String,
+    w: World,
+}
+
+async fn plain_up(
+    bin: &Path,
+    dir: &Path,
+    database_url: Option<String>,
+    n: usize,
+) -> anyhow::Result<PlainUp> {
+    let (up, first_start, ch0) = procs::sovra_up(&Up {
+        bin,
+        dir,
+        plaintext: true,
+        database_url,
+    })
+    .await?;
+    let operator = procs::operator_token(dir)?;
+    let ch = procs::plain(up.addr, n).await?;
+    let w = world::world(&ch0, &operator).await?;
+    Ok(PlainUp {
+        ch,
+        ch0,
+        up,
+        first_start,
+        operator,
+        w,
+    })
 }
 
 /// What every figure on one backend runs against.
@@ -394,31 +435,20 @@ async fn on_backend(
         ),
         Backend::Postgres(_) => (Some(b.url("up_{service}")), b.url("up_relationships")),
     };
-    let (up, first_start, ch0) = procs::sovra_up(&Up {
-        bin,
-        dir: &dir,
-        plaintext: true,
-        database_url,
-    })
-    .await?;
-    let operator = std::fs::read_to_string(dir.join("operator.token"))?
-        .trim()
-        .to_owned();
-    let ch = procs::plain(up.addr, n).await?;
-    let w = world::world(&ch0, &operator).await?;
+    let sovra = plain_up(bin, &dir, database_url, n).await?;
     report.notes.push(format!(
         "{label}: `sovra up --plaintext` on new databases was SERVING after {:.0} ms.",
-        first_start.as_secs_f64() * 1000.0
+        sovra.first_start.as_secs_f64() * 1000.0
     ));
 
     let scene = Scene {
         args,
         label,
-        up: &up,
-        ch: &ch,
-        ch0: &ch0,
-        operator: &operator,
-        w: &w,
+        up: &sovra.up,
+        ch: &sovra.ch,
+        ch0: &sovra.ch0,
+        operator: &sovra.operator,
+        w: &sovra.w,
     };
     let mut delegated = None;
     if args.wants("1") {
@@ -436,9 +466,7 @@ async fn on_backend(
     if args.wants("5") {
         figure_5(&scene, report, &relationships_db, &b2_lat).await?;
     }
-    drop(ch);
-    drop(ch0);
-    drop(up);
+    drop(sovra);
     drop(b1);
     b.drop_all(&names).await;
     Ok(())
@@ -540,11 +568,7 @@ async fn figure_1(s: &Scene<'_>, report: &mut Report, b0: &B0) -> f64 {
             own_half.p99s(),
             b0_half.p99s(),
             s.w.admin.len(),
-            BASE_BEARER
-                .get()
-                .cloned()
-                .flatten()
-                .map_or(0, |b| b.len() - "Bearer ".len())
+            BASE_TOKEN.get().map_or(0, String::len)
         ),
         "≤ B0 + 1 ms",
         Some(own_p99 <= b0_p99 + 1.0 && own_half.errors() == 0),
@@ -1131,19 +1155,7 @@ async fn over_mtls(
     // The plaintext twin: a `sovra up --plaintext` of its own beside the
     // mTLS one, their max-rate runs taking turns, so each ratio compares
     // runs made a few seconds apart on the same machine.
-    let plain_dir = tmp.join("up-plain");
-    let (plain, _, plain_ch0) = procs::sovra_up(&Up {
-        bin,
-        dir: &plain_dir,
-        plaintext: true,
-        database_url: None,
-    })
-    .await?;
-    let plain_operator = std::fs::read_to_string(plain_dir.join("operator.token"))?
-        .trim()
-        .to_owned();
-    let plain_ch = procs::plain(plain.addr, n).await?;
-    let plain_w = world::world(&plain_ch0, &plain_operator).await?;
+    let plain = plain_up(bin, &tmp.join("up-plain"), None, n).await?;
     let dir = tmp.join("up-tls");
     let up = Up {
         bin,
@@ -1157,9 +1169,7 @@ async fn over_mtls(
     let (proc, start, ch0) = procs::sovra_up(&up).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = load::rss_mib(proc.pid());
-    let operator = std::fs::read_to_string(dir.join("operator.token"))?
-        .trim()
-        .to_owned();
+    let operator = procs::operator_token(&dir)?;
     let ch = procs::mtls(proc.addr, &dir.join("tls/ca.pem"), n).await?;
     let w = world::world(&ch0, &operator).await?;
     let pid = proc.pid();
@@ -1184,10 +1194,10 @@ async fn over_mtls(
             "SQLite",
             check_access(
                 max,
-                &plain_ch,
-                plain.pid(),
-                &plain_w.admin,
-                &plain_w.partner,
+                &plain.ch,
+                plain.up.pid(),
+                &plain.w.admin,
+                &plain.w.partner,
                 own,
             )
             .await,
@@ -1200,8 +1210,6 @@ async fn over_mtls(
         pairs.push(tls_max, plain_max);
     }
     sampler.abort();
-    drop(plain_ch);
-    drop(plain_ch0);
     drop(plain);
     let peak = peak_kib.load(Ordering::Relaxed) as f64 / 1024.0;
     throughput_figure(
