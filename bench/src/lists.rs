@@ -100,7 +100,8 @@ pub async fn seed(url: &str, partner: &str, per_partner: u64, total: u64) -> any
     // table vacuumed and analyzed (no autovacuum of a million new rows
     // later, mid-run) and its pages written out by a checkpoint; on SQLite
     // the WAL moved into the database. Without it, figure 5's first runs
-    // on PostgreSQL met the writeback (others' CPU 0.3-0.7 s, made again).
+    // on PostgreSQL met the writeback (others' CPU 0.3-0.7 s, made again,
+    // when the kernel's threads still counted as others).
     let settle: &[&str] = match db.backend() {
         sovra_runtime::db::Backend::Postgres => {
             &["VACUUM (ANALYZE) partner_customers", "CHECKPOINT"]

@@ -1273,13 +1273,16 @@ fn docs_tail() -> String {
        two cores, so a single run's p99 moves by milliseconds.\n\
      - Runs read for a tail (1b, 1c, 2, 5, and B2's for 5b), baselines and\n\
        Sovra's alike, are made again (at most twice) when other processes\n\
-       used more than 0.3 s of CPU during them (\"others' CPU\": every process\n\
-       in `/proc` but the client, the server and PostgreSQL's, children they\n\
-       reaped included). A quiet run reads 0.12–0.25 s (kernel threads, the\n\
+       used more than 0.15 s of CPU during them (\"others' CPU\": every process\n\
+       in `/proc` but the client, the server, PostgreSQL's and the kernel's\n\
+       own threads, children they reaped included). The kernel's threads work\n\
+       for the run itself (writeback of the server's commits: 0.3–0.5 s a run\n\
+       beside figure 2's grant changes, which counted as a disturbance until\n\
+       2026-12-03; loopback network work). A quiet run reads 0.06–0.11 s (the\n\
        machine's other servers idling); the machines of this suite run a\n\
-       RabbitMQ that starts an Erlang VM once a minute (`epmd-starter`,\n\
-       about 0.4 s of one core at once), and a run it lands in reads\n\
-       0.35–0.72 s and a p99 of 22–83 ms where its twins read 7–14. So are\n\
+       RabbitMQ that starts an Erlang VM once a minute (`erl_child_setup`,\n\
+       `epmd-starter`), which adds 0.1–0.3 s to the run it lands in, and\n\
+       such a run read a p99 of 22–83 ms where its twins read 7–14. So are\n\
        runs whose machine had more than 3% of its time stolen by its host\n\
        (quiet runs read 0–1%; runs at 6–19% read p99s two to four times their\n\
        twins'). Disturbed runs stay in the table, marked, and are not read.\n\
