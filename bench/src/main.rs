@@ -16,6 +16,13 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+/// The allocator `sovra` runs with (see services/sovra/src/main.rs), so
+/// that the baselines (B0's echo above all) measure the transport and the
+/// database as Sovra gets them, not glibc's `malloc` against mimalloc; the
+/// load generator spends less CPU on the two cores it shares with them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sovra-bench", about = "Sovra's benchmark suite")]
 struct Cli {

@@ -1313,7 +1313,8 @@ fn docs_tail() -> String {
        notes (per pair): that ratio measures the machine too.\n\
      - Baselines run as processes of their own, answering identity's\n\
        `CheckAccess` (the same message sizes) with tonic's default socket\n\
-       options (TCP_NODELAY, as Sovra's listener). Their requests carry an\n\
+       options (TCP_NODELAY, as Sovra's listener) and Sovra's allocator\n\
+       (mimalloc, as the load generator). Their requests carry an\n\
        `authorization: Bearer` header as long as Sovra's access tokens (a\n\
        token issued for the same configuration by a throwaway key; nothing\n\
        verifies it): a Rust HTTP/2 client never indexes an authorization\n\
