@@ -2,8 +2,9 @@
 //! `inflight` requests outstanding, for a time; as fast as the server
 //! answers (max rate) or at a fixed total rate. Latencies go into HDR
 //! histograms; at a fixed rate each is measured from when the request was
-//! due, not when it was sent, so a stalled server can't hide its queue
-//! (no coordinated omission).
+//! due when the server held its worker up past that, so a stalled server
+//! can't hide its queue (no coordinated omission), and from when it was
+//! sent otherwise (see [`counted_from`]).
 
 use std::{
     collections::HashMap,
@@ -189,11 +190,6 @@ impl Repeated {
 pub struct Pairs(Vec<(Outcome, Outcome)>);
 
 impl Pairs {
-    /// One run and its baseline.
-    pub fn one(run: Outcome, base: Outcome) -> Self {
-        Pairs(vec![(run, base)])
-    }
-
     pub fn push(&mut self, run: Outcome, base: Outcome) {
         self.0.push((run, base));
     }
@@ -220,15 +216,19 @@ impl Pairs {
     /// The median ratio (the higher middle one of an even count; 0 with no
     /// pairs).
     pub fn median_ratio(&self) -> f64 {
-        let mut r = self.ratios();
-        r.sort_by(f64::total_cmp);
-        r.get(r.len() / 2).copied().unwrap_or(0.0)
+        median(self.ratios())
     }
 
     /// Errors over every run (not counting the baselines').
     pub fn errors(&self) -> u64 {
         self.0.iter().map(|(run, _)| run.errors).sum()
     }
+}
+
+/// The middle value (the upper one of an even count); 0 for none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// 1 µs to 60 s, three significant digits.
@@ -385,13 +385,15 @@ where
                 + period
                     .unwrap_or_default()
                     .mul_f64(w as f64 / workers as f64);
+            // When this worker's previous call was answered.
+            let mut free_at = begin;
             loop {
                 let start = match period {
                     Some(p) => {
                         let s = due;
                         tokio::time::sleep_until(s.into()).await;
                         due += p;
-                        s
+                        counted_from(s, free_at, Instant::now())
                     }
                     None => Instant::now(),
                 };
@@ -403,7 +405,8 @@ where
                     break;
                 }
                 let result = call(channel.clone(), n).await;
-                let took = start.elapsed();
+                free_at = Instant::now();
+                let took = free_at.saturating_duration_since(start);
                 if start < measure_from {
                     continue;
                 }
@@ -463,6 +466,22 @@ where
         server_cpu,
         machine,
         others_cpu,
+    }
+}
+
+/// What a fixed-rate request's latency is counted from: when it was due
+/// if its worker was still waiting for its previous answer then (the
+/// server held it up: counting from when it was sent would hide the
+/// server's queue), else when it was sent. A worker that was free is only
+/// late because its timer woke it late: tokio's timers and the epoll wait
+/// under them tick in whole milliseconds, so a sleep ends up to ~2 ms
+/// after its deadline (1.5 ms at the median on an idle machine), which is
+/// the client's delay, not the server's.
+fn counted_from(due: Instant, free_at: Instant, sent: Instant) -> Instant {
+    if free_at > due {
+        due
+    } else {
+        sent
     }
 }
 
@@ -725,6 +744,46 @@ mod tests {
         assert!(out.ms(0.99) < 50.0);
         assert!(out.lost > 0 && out.lost_hist.len() == out.lost);
         assert_eq!(out.hist.len(), out.ok);
+    }
+
+    #[test]
+    fn latency_counts_from_due_only_when_the_server_held_the_worker() {
+        let due = Instant::now();
+        let ms = Duration::from_millis;
+        // Free before it was due, woken 1 ms late by the timer: from sending.
+        assert_eq!(counted_from(due, due - ms(3), due + ms(1)), due + ms(1));
+        // Still waiting for its previous answer when due: from when due.
+        assert_eq!(counted_from(due, due + ms(5), due + ms(5)), due);
+    }
+
+    #[tokio::test]
+    async fn a_fixed_rate_run_counts_the_servers_queue_not_the_timers_lateness() {
+        let ch = Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let spec = Spec {
+            connections: 1,
+            inflight: 1,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(600),
+            rate: Some(200.0),
+            limit: None,
+        };
+        // Answered at once: the timers' millisecond ticks are not latency.
+        let prompt = run(
+            spec,
+            std::slice::from_ref(&ch),
+            std::process::id(),
+            |_, _| async { Ok(()) },
+        )
+        .await;
+        assert!(prompt.ms(0.5) < 0.5, "p50 {} ms", prompt.ms(0.5));
+        // Answered after 50 ms while each of the 4 workers is due every
+        // 20 ms: the queue grows, and the latencies with it.
+        let slow = run(spec, &[ch], std::process::id(), |_, _| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(())
+        })
+        .await;
+        assert!(slow.ms(0.99) > 150.0, "p99 {} ms", slow.ms(0.99));
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use tonic::{
 use crate::{
     baseline::{self, Mode},
     keys, lists,
-    load::{self, Outcome, Pairs, Repeated},
+    load::{self, median, Outcome, Pairs, Repeated},
     procs::{self, Backend, Proc, Up},
     report::Report,
     world::{self, authed, refusal, Tenant, World},
@@ -241,10 +241,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// B0, kept running: every backend's figure 1 is read against its maximum,
-/// and its half-rate runs alternate with Sovra's.
+/// B0, kept running: its max-rate and half-rate runs alternate with
+/// Sovra's in every backend's figure 1.
 struct B0 {
-    max: Outcome,
     proc: Proc,
     ch: Vec<Channel>,
 }
@@ -261,14 +260,17 @@ async fn suite(args: &RunArgs, bin: &Path, tmp: &Path, report: &mut Report) -> a
     let _ = BASE_TOKEN.set(token);
     let b0 = procs::baseline(Mode::Echo, "")?;
     let b0_ch = procs::plain(b0.addr, n).await?;
-    let b0_max = report.run("B0 echo, max rate", "—", base_load(max, &b0, &b0_ch).await);
+    report.run(
+        "B0 echo, max rate (reference for the next run, not read)",
+        "—",
+        base_load(max, &b0, &b0_ch).await,
+    );
     report.run(
         "B0 echo without a bearer header, max rate (reference, not read)",
         "—",
         base_load_with(max, &b0, &b0_ch, None).await,
     );
     let b0 = B0 {
-        max: b0_max,
         proc: b0,
         ch: b0_ch,
     };
@@ -499,21 +501,34 @@ where
 }
 
 /// Figure 1: CheckAccess against B0, own role and delegated.
-/// Returns the delegated path's maximum rate.
+/// Returns the delegated path's maximum rate (the median of its runs).
 async fn figure_1(s: &Scene<'_>, report: &mut Report, b0: &B0) -> f64 {
     let Scene { args, label, .. } = *s;
     let max = args.spec(None);
-    let half = b0.max.throughput() / 2.0;
-    let own = report.run(
-        "CheckAccess own role, max rate",
-        label,
-        s.own_role(max).await,
-    );
-    let delegated = report.run(
-        "CheckAccess delegated, max rate",
-        label,
-        s.delegated(max).await,
-    );
+    // At the maximum rate: B0, own role and delegated in turn. A single
+    // max-rate run moved B0's maximum between 55k and 68k/s (same
+    // binaries, same hour), and 1b's rate and figure 2's with it.
+    let (mut own, mut b0_max, mut delegated) = (Pairs::default(), Vec::new(), Vec::new());
+    for r in 1..=args.repeats {
+        let tag = args.run_tag(r);
+        let base = report.run(
+            &format!("B0 echo, max rate{tag}"),
+            "—",
+            base_load(max, &b0.proc, &b0.ch).await,
+        );
+        b0_max.push(base.throughput());
+        let run = report.run(
+            &format!("CheckAccess own role, max rate{tag}"),
+            label,
+            s.own_role(max).await,
+        );
+        own.push(run, base);
+        let run = s.delegated(max).await;
+        delegated.push(run.throughput());
+        report.run(&format!("CheckAccess delegated, max rate{tag}"), label, run);
+    }
+    let (b0_max, delegated) = (median(b0_max), median(delegated));
+    let half = b0_max / 2.0;
     // At half of B0's maximum: B0, own role and delegated in turn.
     let (mut b0_half, mut own_half, mut delegated_half) = (
         Repeated::default(),
@@ -555,7 +570,7 @@ async fn figure_1(s: &Scene<'_>, report: &mut Report, b0: &B0) -> f64 {
         report,
         ("1a", label),
         "CheckAccess throughput vs B0",
-        &Pairs::one(own.clone(), b0.max.clone()),
+        &own,
         0.5,
     );
     let (b0_p99, own_p99) = (b0_half.median().ms(0.99), own_half.median().ms(0.99));
@@ -578,22 +593,22 @@ async fn figure_1(s: &Scene<'_>, report: &mut Report, b0: &B0) -> f64 {
         label,
         "CheckAccess delegated p99 vs own role (same rate, median of the runs)",
         format!(
-            "{} (runs: {} vs {}; delegated max {:.0}/s)",
+            "{} (runs: {} vs {}; B0's max {b0_max:.0}/s, the delegated path's {delegated:.0}/s, medians of the runs)",
             p99_vs(delegated_half.median(), own_half.median()),
             delegated_half.p99s(),
             own_half.p99s(),
-            delegated.throughput()
         ),
         "≤ 2×",
         Some(delegated_half.median().ms(0.99) <= 2.0 * own_p99 && delegated_half.errors() == 0),
     );
-    delegated.throughput()
+    delegated
 }
 
 /// Figure 2: delegated CheckAccess at a fixed rate, read-only and then with
 /// delegated-grant changes (another customer's delegation removed and given
 /// again) at 1% of that rate. `delegated_max`: the delegated path's maximum
-/// rate when figure 1 measured it (measured here otherwise).
+/// rate when figure 1 measured it (measured here otherwise, as there: the
+/// median of `--repeats` runs).
 async fn figure_2(
     s: &Scene<'_>,
     report: &mut Report,
@@ -610,7 +625,16 @@ async fn figure_2(
     // Half of the delegated path's own maximum: a rate it keeps up with.
     let max = match delegated_max {
         Some(m) => m,
-        None => s.delegated(args.spec(None)).await.throughput(),
+        None => {
+            let mut runs = Vec::new();
+            for r in 1..=args.repeats {
+                let run = s.delegated(args.spec(None)).await;
+                runs.push(run.throughput());
+                let name = format!("CheckAccess delegated, max rate{}", args.run_tag(r));
+                report.run(&name, label, run);
+            }
+            median(runs)
+        }
     };
     let rate = (max / 2.0).max(10.0);
     let spec = args.spec(Some(rate));
@@ -1265,8 +1289,12 @@ fn docs_tail() -> String {
        connections with `inflight` requests outstanding on each; max-rate runs\n\
        send as fast as answers come, fixed-rate runs send on a schedule (with\n\
        four times as many workers, so one slow answer does not hold up the\n\
-       requests due after it) and time each request from when it was due (no\n\
-       coordinated omission); counted runs stop after a number of requests.\n\
+       requests due after it) and time each request from when it was due if\n\
+       its worker was still waiting for its previous answer then (no\n\
+       coordinated omission), else from when it was sent: tokio's timers wake\n\
+       a sleeping worker up to ~2 ms late (1.5 ms at the median, idle), the\n\
+       client's delay, which until 2026-12-03 was in every fixed-rate\n\
+       latency. Counted runs stop after a number of requests.\n\
      - Fixed-rate comparisons (1b: B0 and Sovra; 1c: own role and delegated;\n\
        2: read-only and with grant changes) run `--repeats` times, taking\n\
        turns, and are read at the median p99: the client and the server share\n\
