@@ -786,17 +786,17 @@ async fn figure_2(
 /// is not counted as another process's disturbance.
 async fn figure_2_floor(s: &Scene<'_>, report: &mut Report, b1: &B1, spec: load::Spec) -> Repeated {
     let rate = spec.rate.unwrap_or(0.0);
+    let insert_rate = rate * 2.0 / 100.0;
     let inserts = load::Spec {
         connections: 1,
         inflight: 1,
-        rate: Some(rate * 2.0 / 100.0),
+        rate: Some(insert_rate),
         ..spec
     };
     let mut floor = Repeated::default();
     for r in 1..=s.args.repeats {
         let name = format!(
-            "CheckAccess delegated at {rate:.0}/s, beside B1 inserts at {:.0}/s{}",
-            rate * 2.0 / 100.0,
+            "CheckAccess delegated at {rate:.0}/s, beside B1 inserts at {insert_rate:.0}/s{}",
             s.args.run_tag(r)
         );
         let run = undisturbed(report, &name, s.label, || async {
