@@ -171,12 +171,16 @@ impl Repeated {
         self.0.iter().map(|r| r.errors).sum()
     }
 
-    /// Every run's p99, in the order they ran, for the report.
+    /// Every run's p99, in the order they ran, for the report; a run read
+    /// although disturbed (see `Outcome::disturbance`) is starred.
     pub fn p99s(&self) -> String {
         let ms: Vec<String> = self
             .0
             .iter()
-            .map(|r| format!("{:.2}", r.ms(0.99)))
+            .map(|r| {
+                let star = if r.disturbance().is_some() { "*" } else { "" };
+                format!("{:.2}{star}", r.ms(0.99))
+            })
             .collect();
         ms.join(", ")
     }
@@ -593,6 +597,22 @@ mod tests {
         assert_eq!(r.p99s(), "1.90, 0.10, 1.00");
         r.push(run(1_500, 0));
         assert_eq!(r.median().ms(0.99), 1.5);
+        // A run read although disturbed is starred, for others' CPU or steal.
+        let mut r = Repeated::default();
+        r.push(Outcome {
+            others_cpu: 2.0 * DISTURBING_CPU,
+            ..run(1_000, 0)
+        });
+        r.push(run(1_100, 0));
+        r.push(Outcome {
+            machine: MachineTicks {
+                total: 100.0,
+                idle: 50.0,
+                steal: 10.0,
+            },
+            ..run(1_200, 0)
+        });
+        assert_eq!(r.p99s(), "1.00*, 1.10, 1.20*");
     }
 
     #[test]
