@@ -679,12 +679,7 @@ async fn figure_2(
             changes.clone(),
         )));
     }
-    let delegated_at = |r: f64, what: &str| format!("CheckAccess delegated at {r:.0}/s, {what}");
-    let turns = Turns {
-        s,
-        churning: &churning,
-    };
-    let (read_only, mixed, churned_for) = turns.run(report, rate).await;
+    let (read_only, mixed, churned_for) = in_turns(s, report, &churning, rate).await;
     // The figure's changes only (the runs after it make more).
     let made = changes.load(Ordering::Relaxed);
     // The same at a quarter of the maximum, where the read-only runs leave
@@ -692,7 +687,7 @@ async fn figure_2(
     // apart from the machine's saturation (a note, not the figure).
     let quarter = (max / 4.0).max(10.0);
     churn_at(quarter);
-    let (quarter_read_only, quarter_mixed, _) = turns.run(report, quarter).await;
+    let (quarter_read_only, quarter_mixed, _) = in_turns(s, report, &churning, quarter).await;
     churn_at(rate);
     let floor = figure_2_floor(s, report, b1, spec).await;
     // What one grant change costs, apart from the checks: the same churn
@@ -811,10 +806,8 @@ async fn figure_2_floor(s: &Scene<'_>, report: &mut Report, b1: &B1, spec: load:
     };
     let mut floor = Repeated::default();
     for r in 1..=s.args.repeats {
-        let name = format!(
-            "CheckAccess delegated at {rate:.0}/s, beside B1 inserts at {insert_rate:.0}/s{}",
-            s.args.run_tag(r)
-        );
+        let beside = format!("beside B1 inserts at {insert_rate:.0}/s");
+        let name = delegated_at(rate, &beside) + &s.args.run_tag(r);
         let run = undisturbed(report, &name, s.label, || async {
             let (mut checks, b1_run) =
                 tokio::join!(s.delegated(spec), base_load(inserts, &b1.proc, &b1.ch));
@@ -830,44 +823,41 @@ async fn figure_2_floor(s: &Scene<'_>, report: &mut Report, b1: &B1, spec: load:
 /// Checks per second beside which figure 2 measures a grant change's cost.
 const TRICKLE: f64 = 100.0;
 
-/// Figure 2's read-only and mixed runs, in turn.
-struct Turns<'a> {
-    s: &'a Scene<'a>,
-    /// Set while a run with grant changes runs.
-    churning: &'a AtomicBool,
+/// The name of a run of delegated checks at `rate`.
+fn delegated_at(rate: f64, what: &str) -> String {
+    format!("CheckAccess delegated at {rate:.0}/s, {what}")
 }
 
-impl Turns<'_> {
-    /// Delegated checks at `rate`, read-only and with the churners on in
-    /// turn, `--repeats` times each; and how long the churners were on.
-    async fn run(&self, report: &mut Report, rate: f64) -> (Repeated, Repeated, Duration) {
-        let Scene { args, label, .. } = *self.s;
-        let spec = args.spec(Some(rate));
-        let (mut read_only, mut mixed) = (Repeated::default(), Repeated::default());
-        // Every run with changes counts, disturbed or not: the changes made are.
-        let churned_for = std::cell::Cell::new(Duration::ZERO);
-        let name = |what: &str, r: u32| {
-            format!(
-                "CheckAccess delegated at {rate:.0}/s, {what}{}",
-                args.run_tag(r)
-            )
-        };
-        let load = || self.s.delegated(spec);
-        for r in 1..=args.repeats {
-            read_only.push(undisturbed(report, &name("read-only", r), label, load).await);
-            let with_changes = name("1% grant changes", r);
-            let churned = undisturbed(report, &with_changes, label, || async {
-                self.churning.store(true, Ordering::Relaxed);
-                let started = Instant::now();
-                let run = load().await;
-                self.churning.store(false, Ordering::Relaxed);
-                churned_for.set(churned_for.get() + started.elapsed());
-                run
-            });
-            mixed.push(churned.await);
-        }
-        (read_only, mixed, churned_for.get())
+/// Figure 2's runs: delegated checks at `rate`, read-only and with the
+/// churners on (`churning` set) in turn, `--repeats` times each; and how
+/// long the churners were on.
+async fn in_turns(
+    s: &Scene<'_>,
+    report: &mut Report,
+    churning: &AtomicBool,
+    rate: f64,
+) -> (Repeated, Repeated, Duration) {
+    let Scene { args, label, .. } = *s;
+    let spec = args.spec(Some(rate));
+    let (mut read_only, mut mixed) = (Repeated::default(), Repeated::default());
+    // Every run with changes counts, disturbed or not: the changes made are.
+    let churned_for = std::cell::Cell::new(Duration::ZERO);
+    let name = |what: &str, r: u32| delegated_at(rate, what) + &args.run_tag(r);
+    let load = || s.delegated(spec);
+    for r in 1..=args.repeats {
+        read_only.push(undisturbed(report, &name("read-only", r), label, load).await);
+        let with_changes = name("1% grant changes", r);
+        let churned = undisturbed(report, &with_changes, label, || async {
+            churning.store(true, Ordering::Relaxed);
+            let started = Instant::now();
+            let run = load().await;
+            churning.store(false, Ordering::Relaxed);
+            churned_for.set(churned_for.get() + started.elapsed());
+            run
+        });
+        mixed.push(churned.await);
     }
+    (read_only, mixed, churned_for.get())
 }
 
 /// One customer whose delegation churns.
@@ -897,8 +887,9 @@ async fn churn(
     let mut active = true;
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        if every() != current {
-            current = every();
+        let now = every();
+        if now != current {
+            current = now;
             tick = tokio::time::interval(current);
             continue;
         }
