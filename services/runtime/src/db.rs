@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use sqlx::{any::AnyPoolOptions, AnyConnection, Connection, Executor};
+use sqlx::{
+    any::{AnyArguments, AnyPoolOptions, AnyRow},
+    AnyConnection, Connection, Executor,
+};
 
 use crate::{
     batch::Batcher,
@@ -518,6 +521,27 @@ impl Db {
                 Begun::Solo(solo) => Write::Solo(solo),
             }),
             None => self.begin_tx().await.map(Write::Tx),
+        }
+    }
+
+    /// Runs `sql` (statements, `;`-separated, bound to `args`) as a
+    /// transaction of its own and returns the rows they returned. On SQLite
+    /// that is one call when the writer is free (see [`Solo`]): every call
+    /// there is a hand-off to the connection's worker thread and back.
+    /// `Ok` means the writes are durable; on an error nothing of them is
+    /// left.
+    pub async fn run_whole(
+        &self,
+        sql: &str,
+        args: AnyArguments<'_>,
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
+        match self.begin_or_solo().await? {
+            Write::Solo(solo) => solo.run(sql, args).await,
+            Write::Tx(mut tx) => {
+                let rows = sqlx::query_with(sql, args).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
         }
     }
 

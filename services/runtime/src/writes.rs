@@ -24,7 +24,7 @@ use sqlx::{any::AnyArguments, Any, Arguments, Row};
 
 use crate::{
     batch::Job,
-    db::{Backend, Db, Tx, Write},
+    db::{Backend, Db, Tx},
     pool::Pool,
 };
 
@@ -484,17 +484,13 @@ impl Writes {
         let alone = self.has_alone();
         let mut tx = match db.backend() {
             Backend::Postgres if !alone => return self.commit_folded(pool).await,
-            Backend::Postgres => db.begin_tx().await?,
             // The whole transaction in one call when the writer is free.
-            Backend::Sqlite if !alone => match db.begin_or_solo().await? {
-                Write::Tx(tx) => tx,
-                Write::Solo(solo) => {
-                    let Chain { rows, guarded } = self.chain();
-                    let returned = solo.run(&rows.sql, rows.args).await?;
-                    return Ok(written(guarded, &returned));
-                }
-            },
-            Backend::Sqlite => db.begin_tx().await?,
+            Backend::Sqlite if !alone => {
+                let Chain { rows, guarded } = self.chain();
+                let returned = db.run_whole(&rows.sql, rows.args).await?;
+                return Ok(written(guarded, &returned));
+            }
+            Backend::Postgres | Backend::Sqlite => db.begin_tx().await?,
         };
         if !self.run(&mut tx).await? {
             return Ok(false);

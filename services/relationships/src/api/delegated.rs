@@ -7,7 +7,7 @@ use sovra_runtime::{
     audit,
     auth::{trace_id, Ctx},
     clock::{to_timestamp, Millis},
-    db::{Backend, Tx},
+    db::Tx,
     features::Feature,
     idempotency::{self, after_commit_failed, replay, Idempotency},
     ids::TenantId,
@@ -143,15 +143,15 @@ impl Relationships {
         self.require(ctx, tenant, p).await.map(|_| ())
     }
 
-    /// An acceptance that makes a new relationship, as one statement of its
-    /// own (PostgreSQL): read first, outside any transaction, when the
-    /// customer has no ACTIVE relationship and the offer no PENDING one;
-    /// the statement takes the customer's lock and writes the relationship
-    /// ACTIVE with the rest of the change, its audit record and stored
-    /// answer. A relationship made ACTIVE meanwhile makes the database's
-    /// one-ACTIVE index refuse it. None then, on SQLite, or when the read
-    /// found anything: the caller takes the transaction, which reads again
-    /// under the lock and applies the multi-channel rule (or replays).
+    /// An acceptance that makes a new relationship, as a transaction of its
+    /// own in one round trip (see [`delegated::activate_alone`]): read
+    /// first, outside any transaction, when the customer has no ACTIVE
+    /// relationship and the offer no PENDING one; the transaction writes
+    /// the relationship ACTIVE with the rest of the change, its audit
+    /// record and stored answer. A relationship made ACTIVE meanwhile makes
+    /// the database's one-ACTIVE index refuse it. None then, or when the
+    /// read found anything: the caller takes the transaction, which reads
+    /// again under the lock and applies the multi-channel rule (or replays).
     #[allow(clippy::too_many_arguments)]
     async fn accept_at_once(
         &self,
@@ -163,9 +163,6 @@ impl Relationships {
         r: &pb::AcceptDelegatedAdminOfferRequest,
         idem: &Option<Idempotency>,
     ) -> Result<Option<pb::AcceptDelegatedAdminOfferResponse>, Error> {
-        if self.db().backend() != Backend::Postgres {
-            return Ok(None);
-        }
         let (held, pending) =
             delegated::held_and_pending(self.db().read(), customer_id.as_str(), offer_id).await?;
         if held.is_some() || pending.is_some() {
@@ -212,13 +209,13 @@ impl Relationships {
         }
     }
 
-    /// A removal as one statement of its own (PostgreSQL): the relationship
-    /// read first, outside any transaction, and removed only if it is still
-    /// what was read (ACTIVE, same version), under the customer's lock, with
-    /// its audit record and stored answer. None when it was not, or on
-    /// SQLite (whose transaction holds the one writer anyway): the caller
-    /// takes the transaction, which reads again under the lock and replays,
-    /// refuses or removes.
+    /// A removal as a transaction of its own in one round trip (see
+    /// [`delegated::transition_alone`]): the relationship read first,
+    /// outside any transaction, and removed only if it is still what was
+    /// read (ACTIVE, same version), under the customer's lock (on SQLite,
+    /// the one writer), with its audit record and stored answer. None when
+    /// it was not: the caller takes the transaction, which reads again
+    /// under the lock and replays, refuses or removes.
     async fn remove_at_once(
         &self,
         ctx: &Ctx,
@@ -226,9 +223,6 @@ impl Relationships {
         r: &pb::RemoveDelegatedAdminRequest,
         idem: &Option<Idempotency>,
     ) -> Result<Option<pb::RemoveDelegatedAdminResponse>, Error> {
-        if self.db().backend() != Backend::Postgres {
-            return Ok(None);
-        }
         let read = self.db().read();
         let seen = if r.id.is_empty() {
             delegated::active_for_customer(read, customer.as_str()).await?

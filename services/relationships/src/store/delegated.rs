@@ -11,7 +11,7 @@ use sovra_runtime::{
 use sqlx::{
     any::{AnyArguments, AnyRow},
     query::Query,
-    Any, Executor, Row,
+    Any, Execute, Executor, Row,
 };
 
 use super::{
@@ -124,12 +124,14 @@ pub async fn transition(
     Ok(change)
 }
 
-/// [`transition`] as a statement of its own (PostgreSQL): takes the
-/// customer's lock, then moves `rel` only if it is still ACTIVE at
-/// `from_version`, and writes `then` only if it did. None when it was not
-/// (nothing is written but the lock's count). The statement runs after the
-/// lock is granted, and a row changed meanwhile is checked as it is now,
-/// so a change committed while it waited is never overwritten.
+/// [`transition`] as a transaction of its own, in one round trip: on
+/// PostgreSQL one statement, which takes the customer's lock first; on
+/// SQLite one call of several statements (its one writer is the lock).
+/// Moves `rel` only if it is still ACTIVE at `from_version`, and writes
+/// `then` only if it did. None when it was not (nothing is written but, on
+/// PostgreSQL, the lock's count). The statements run once the lock (or the
+/// writer) is held, and a row changed meanwhile is checked as it is now, so
+/// a change committed while it waited is never overwritten.
 pub async fn transition_alone(
     db: &Db,
     rel: &Relationship,
@@ -138,28 +140,53 @@ pub async fn transition_alone(
     then: Writes,
 ) -> Result<Option<GrantChange>, Error> {
     let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
-    let then = appended_to_guard(then, TRANSITION_PARAMS + 2, "a removal")?;
-    let sql = format!("{TRANSITION_GUARDED}{} SELECT version FROM guard", then.sql);
+    let backend = db.backend();
+    let then = appended_to_guard(then, backend, TRANSITION_PARAMS + 2, true, "a removal")?;
+    let sql = match backend {
+        Backend::Postgres => format!("{TRANSITION_GUARDED}{} SELECT version FROM guard", then.sql),
+        Backend::Sqlite => format!(
+            "{TRANSITION_GUARDED_SQLITE}{}; {BOOK_QUEUED_SQLITE}",
+            then.sql
+        ),
+    };
     let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
-    let q = bind_transition(&sql, rel, &change, queued_at).bind(from_version);
-    let row = then
-        .bind(q)
-        .fetch_optional(db.write())
+    let q = then.bind(bind_transition(&sql, rel, &change, queued_at).bind(from_version));
+    let Some(row) = fetch_whole(db, q)
         .await
-        .map_err(write_error)?;
-    let Some(row) = row else {
+        .map_err(write_error)?
+        .into_iter()
+        .next()
+    else {
         return Ok(None);
     };
     change.version = row.try_get(0)?;
     Ok(Some(change))
 }
 
-/// A new relationship `rel`, ACTIVE at version 1, as a statement of its
-/// own (PostgreSQL): takes the customer's lock, then writes the partner's
-/// customer row (`named`: the customer's display name and primary domain)
-/// booked to it, the relationship, the pair's next grant version, the
-/// outbox row and `then`. None when another relationship of the customer
-/// became ACTIVE first (the one-ACTIVE index refuses it; nothing is written).
+/// Runs `q` as a transaction of its own ([`Db::run_whole`]; on PostgreSQL
+/// the one statement it is) and returns its rows.
+async fn fetch_whole<'q>(
+    db: &Db,
+    mut q: Query<'q, Any, AnyArguments<'q>>,
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    if db.backend() == Backend::Postgres {
+        return q.fetch_all(db.write()).await;
+    }
+    let args = q
+        .take_arguments()
+        .map_err(sqlx::Error::Encode)?
+        .unwrap_or_default();
+    db.run_whole(q.sql(), args).await
+}
+
+/// A new relationship `rel`, ACTIVE at version 1, as a transaction of its
+/// own in one round trip (on PostgreSQL one statement, which takes the
+/// customer's lock first; on SQLite one call of several statements): the
+/// partner's customer row (`named`: the customer's display name and
+/// primary domain) booked to it, the relationship, the pair's next grant
+/// version, the outbox row and `then`. None when another relationship of
+/// the customer became ACTIVE first (the one-ACTIVE index refuses it;
+/// nothing is written).
 pub async fn activate_alone(
     db: &Db,
     rel: &Relationship,
@@ -168,8 +195,15 @@ pub async fn activate_alone(
     then: Writes,
 ) -> Result<Option<GrantChange>, Error> {
     let (partner, customer) = (&rel.partner_tenant_id, &rel.customer_tenant_id);
-    let then = appended_to_guard(then, ACTIVATE_PARAMS + 1, "an acceptance")?;
-    let sql = format!("{ACTIVATE_ALONE}{} SELECT version FROM guard", then.sql);
+    let backend = db.backend();
+    // On SQLite a refusal is an error, which rolls the whole call back:
+    // nothing after the relationship needs a guard.
+    let guarded = backend == Backend::Postgres;
+    let then = appended_to_guard(then, backend, ACTIVATE_PARAMS + 1, guarded, "an acceptance")?;
+    let sql = match backend {
+        Backend::Postgres => format!("{ACTIVATE_ALONE}{} SELECT version FROM guard", then.sql),
+        Backend::Sqlite => format!("{ACTIVATE_SQLITE}{}", then.sql),
+    };
     let (name, domain) = named;
     let mut change = GrantChange::new(partner, customer, &rel.id, rel.state, 0);
     let q = bind_transition(&sql, rel, &change, queued_at)
@@ -179,13 +213,16 @@ pub async fn activate_alone(
         .bind(domain)
         .bind(key(name))
         .bind(key(domain));
-    let row = match then.bind(q).fetch_one(db.write()).await {
-        Ok(row) => row,
+    let rows = match fetch_whole(db, then.bind(q)).await {
+        Ok(rows) => rows,
         Err(e) if unique_violation_table(&e) == Some("delegated_admin_relationships") => {
             return Ok(None)
         }
         Err(e) => return Err(write_error(e)),
     };
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::internal(format!("grant change {} was not queued", change.id)))?;
     change.version = row.try_get(0)?;
     Ok(Some(change))
 }
@@ -445,6 +482,52 @@ const TRANSITION_SQLITE: &str = concat!(
     " FROM grant_versions WHERE customer_tenant_id = $9 AND partner_tenant_id = $8 RETURNING version"
 );
 
+/// [`TRANSITION_GUARDED`] on SQLite, which has no data-modifying `WITH`:
+/// the relationship moved only if still ACTIVE at version `$13`, then the
+/// pair's next grant version and the outbox row (which returns it), each
+/// only if the statement before it changed a row (`changes()` counts the
+/// rows the last statement changed), so only if the relationship moved.
+/// The partner's customer row follows the rows appended after it
+/// ([`BOOK_QUEUED_SQLITE`]).
+const TRANSITION_GUARDED_SQLITE: &str = concat!(
+    update_sql!(),
+    " AND customer_tenant_id = $9 AND state = 'ACTIVE' AND version = $13; ",
+    grant_version_sql!("SELECT $9, $8, 1 WHERE changes() = 1"),
+    "; ",
+    outbox_sql!(),
+    " FROM grant_versions WHERE customer_tenant_id = $9 AND partner_tenant_id = $8 \
+     AND changes() = 1 RETURNING version"
+);
+
+/// The partner's customer row of a transition on SQLite, written only if
+/// the change `$11` was queued: it may change no row, so nothing is chained
+/// after it.
+const BOOK_QUEUED_SQLITE: &str = concat!(
+    book_sql!(),
+    " AND EXISTS (SELECT 1 FROM grant_outbox WHERE id = $11)"
+);
+
+/// [`ACTIVATE_ALONE`] on SQLite: the same rows and parameters, five
+/// statements in one call. The one-ACTIVE index refusing the relationship
+/// fails the call, which rolls it all back.
+const ACTIVATE_SQLITE: &str = concat!(
+    "INSERT INTO partner_customers (partner_tenant_id, customer_tenant_id, display_name, \
+     primary_domain, name_key, domain_key, created_at, updated_at, delegated_state, \
+     delegated_relationship_id) VALUES ($8, $9, $15, $16, $17, $18, $7, $7, $2, $1) \
+     ON CONFLICT (partner_tenant_id, customer_tenant_id) DO UPDATE SET \
+     display_name = excluded.display_name, primary_domain = excluded.primary_domain, \
+     name_key = excluded.name_key, domain_key = excluded.domain_key, updated_at = excluded.updated_at, \
+     delegated_state = excluded.delegated_state, \
+     delegated_relationship_id = excluded.delegated_relationship_id; \
+     INSERT INTO delegated_admin_relationships (id, partner_tenant_id, customer_tenant_id, \
+     state, offer_id, reassigned_to, version, created_at, activated_at, ended_at, updated_at) \
+     VALUES ($1, $8, $9, $2, $13, $3, $4, $14, $5, $6, $7); ",
+    grant_version_sql!("VALUES ($9, $8, 1)"),
+    "; ",
+    outbox_sql!(),
+    " FROM grant_versions WHERE customer_tenant_id = $9 AND partner_tenant_id = $8 RETURNING version"
+);
+
 /// Binds `r` as [`update_sql`]'s `$1` … `$7`.
 fn bind_update<'q>(
     q: Query<'q, Any, AnyArguments<'q>>,
@@ -476,11 +559,18 @@ fn bind_transition<'q>(
         .bind(queued_at + outbox::INLINE_MS)
 }
 
-/// `then` as the tail of a statement of its own that writes them only if
-/// its `guard` did (see [`Writes::appended`]), from parameter `first`.
+/// `then` as the tail of a statement of its own, from parameter `first`:
+/// written only if its guard wrote when `from_guard` (see
+/// [`Writes::appended`]).
 /// `what` names the change for the error when they can't join it.
-fn appended_to_guard(then: Writes, first: usize, what: &str) -> Result<Appended, Error> {
-    match then.appended(Backend::Postgres, first, true) {
+fn appended_to_guard(
+    then: Writes,
+    backend: Backend,
+    first: usize,
+    from_guard: bool,
+    what: &str,
+) -> Result<Appended, Error> {
+    match then.appended(backend, first, from_guard) {
         (a, None) => Ok(a),
         (_, Some(_)) => Err(Error::internal(format!(
             "{what}'s writes must join its statement"
@@ -522,4 +612,123 @@ pub async fn list<'e, E: Executor<'e, Database = Any>>(
         .iter()
         .map(from_row)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use sovra_runtime::{
+        db::Db,
+        writes::{Insert, Writes},
+    };
+
+    use super::{activate_alone, get, transition_alone, Relationship};
+    use crate::domain::states::DelegatedState;
+
+    const PARTNER: &str = "p1";
+    const CUSTOMER: &str = "c1";
+
+    async fn scratch() -> (Db, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sovra-rel-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("r.db").display());
+        let db = Db::connect(crate::SERVICE, &url, 4).await.unwrap();
+        db.prepare("test", crate::SERVICE, super::super::MIGRATIONS)
+            .await
+            .unwrap();
+        (db, dir)
+    }
+
+    /// An ACTIVE relationship at version 1, as an acceptance makes it.
+    fn active(id: &str, now: i64) -> Relationship {
+        Relationship {
+            id: id.into(),
+            state: DelegatedState::Active,
+            activated_at: Some(now),
+            ..Relationship::pending(PARTNER, CUSTOMER, "offer", now)
+        }
+    }
+
+    /// A row in another table, to see whether a change's `then` was written.
+    fn marker(name: &str) -> Writes {
+        let mut w = Writes::new();
+        w.insert(
+            Insert::new("customer_locks", &["customer_tenant_id", "n"])
+                .value(name)
+                .value(1),
+        );
+        w
+    }
+
+    /// What a change writes besides the relationship: the queued changes,
+    /// the pair's grant version, the partner's customer row's state and the
+    /// markers.
+    async fn written(db: &Db) -> (i64, Option<i64>, Option<String>, i64) {
+        let one = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(db.read());
+        let queued = one("SELECT COUNT(*) FROM grant_outbox").await.unwrap();
+        let version = sqlx::query_scalar("SELECT version FROM grant_versions")
+            .fetch_optional(db.read())
+            .await
+            .unwrap();
+        let booked = sqlx::query_scalar("SELECT delegated_state FROM partner_customers")
+            .fetch_optional(db.read())
+            .await
+            .unwrap();
+        let markers = one("SELECT COUNT(*) FROM customer_locks").await.unwrap();
+        (queued, version, booked, markers)
+    }
+
+    /// SQLite runs each of these as one call of several statements: a
+    /// removal whose relationship moved on since it was read, and a second
+    /// ACTIVE relationship, write nothing at all.
+    #[tokio::test]
+    async fn changes_in_one_call_write_all_of_themselves_or_nothing() {
+        let (db, dir) = scratch().await;
+        let rel = active("r1", 1_000);
+        let named = ("Fabrikam", "fabrikam.example");
+        let made = activate_alone(&db, &rel, named, 1_000, marker("activated"))
+            .await
+            .unwrap()
+            .expect("the customer had no ACTIVE relationship");
+        assert_eq!(made.version, 1);
+        assert_eq!(written(&db).await, (1, Some(1), Some("ACTIVE".into()), 1));
+
+        // Another ACTIVE relationship of the customer: refused, nothing written.
+        let other = activate_alone(&db, &active("r2", 2_000), named, 2_000, marker("other"))
+            .await
+            .unwrap();
+        assert!(other.is_none(), "one ACTIVE relationship per customer");
+        assert_eq!(written(&db).await, (1, Some(1), Some("ACTIVE".into()), 1));
+
+        let mut removed = rel.clone();
+        removed.state = DelegatedState::Removed;
+        removed.version = 2;
+        removed.ended_at = Some(3_000);
+        removed.updated_at = 3_000;
+        // Read at a version it is no longer at: nothing written.
+        let stale = transition_alone(&db, &removed, 7, 3_000, marker("stale"))
+            .await
+            .unwrap();
+        assert!(stale.is_none(), "a stale removal must not apply");
+        assert_eq!(written(&db).await, (1, Some(1), Some("ACTIVE".into()), 1));
+        let now = get(db.read(), "r1").await.unwrap().unwrap();
+        assert_eq!((now.state, now.version), (DelegatedState::Active, 1));
+
+        let change = transition_alone(&db, &removed, 1, 3_000, marker("removed"))
+            .await
+            .unwrap()
+            .expect("ACTIVE at version 1");
+        assert_eq!(change.version, 2);
+        assert_eq!(written(&db).await, (2, Some(2), Some("REMOVED".into()), 2));
+        let now = get(db.read(), "r1").await.unwrap().unwrap();
+        assert_eq!((now.state, now.version), (DelegatedState::Removed, 2));
+
+        // Removing it again: it is no longer ACTIVE.
+        let again = transition_alone(&db, &removed, 1, 4_000, marker("again"))
+            .await
+            .unwrap();
+        assert!(again.is_none());
+        assert_eq!(written(&db).await, (2, Some(2), Some("REMOVED".into()), 2));
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
