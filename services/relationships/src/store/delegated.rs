@@ -392,6 +392,36 @@ macro_rules! grant_version_sql {
     };
 }
 
+/// The partner's customer row of an acceptance, booked to the relationship,
+/// from `$source` (partner, customer, name, domain, their search keys,
+/// created, updated, the relationship's state and id).
+macro_rules! book_new_sql {
+    ($source:literal) => {
+        concat!(
+            "INSERT INTO partner_customers (partner_tenant_id, customer_tenant_id, display_name, \
+             primary_domain, name_key, domain_key, created_at, updated_at, delegated_state, \
+             delegated_relationship_id) ",
+            $source,
+            " ON CONFLICT (partner_tenant_id, customer_tenant_id) DO UPDATE SET \
+             display_name = excluded.display_name, primary_domain = excluded.primary_domain, \
+             name_key = excluded.name_key, domain_key = excluded.domain_key, \
+             updated_at = excluded.updated_at, delegated_state = excluded.delegated_state, \
+             delegated_relationship_id = excluded.delegated_relationship_id"
+        )
+    };
+}
+
+/// A new relationship's row, from `$source` (its columns in order).
+macro_rules! new_relationship_sql {
+    ($source:literal) => {
+        concat!(
+            "INSERT INTO delegated_admin_relationships (id, partner_tenant_id, customer_tenant_id, \
+             state, offer_id, reassigned_to, version, created_at, activated_at, ended_at, updated_at) ",
+            $source
+        )
+    };
+}
+
 /// The queued change `$11` at `$10`, due at `$12`, taking `version` from
 /// the row source that follows it.
 macro_rules! outbox_sql {
@@ -446,17 +476,11 @@ const TRANSITION_GUARDED: &str = concat!(
 const ACTIVATE_ALONE: &str = concat!(
     "WITH lock AS (",
     lock_sql!("$9"),
-    " RETURNING n), touch AS (INSERT INTO partner_customers (partner_tenant_id, customer_tenant_id, \
-     display_name, primary_domain, name_key, domain_key, created_at, updated_at, delegated_state, \
-     delegated_relationship_id) SELECT $8, $9, $15, $16, $17, $18, $7, $7, $2, $1 FROM lock \
-     ON CONFLICT (partner_tenant_id, customer_tenant_id) DO UPDATE SET \
-     display_name = excluded.display_name, primary_domain = excluded.primary_domain, \
-     name_key = excluded.name_key, domain_key = excluded.domain_key, updated_at = excluded.updated_at, \
-     delegated_state = excluded.delegated_state, \
-     delegated_relationship_id = excluded.delegated_relationship_id), \
-     rel AS (INSERT INTO delegated_admin_relationships (id, partner_tenant_id, customer_tenant_id, \
-     state, offer_id, reassigned_to, version, created_at, activated_at, ended_at, updated_at) \
-     SELECT $1, $8, $9, $2, $13, $3, $4, $14, $5, $6, $7 FROM lock RETURNING id), grant_version AS (",
+    " RETURNING n), touch AS (",
+    book_new_sql!("SELECT $8, $9, $15, $16, $17, $18, $7, $7, $2, $1 FROM lock"),
+    "), rel AS (",
+    new_relationship_sql!("SELECT $1, $8, $9, $2, $13, $3, $4, $14, $5, $6, $7 FROM lock"),
+    " RETURNING id), grant_version AS (",
     grant_version_sql!("SELECT $9, $8, 1 FROM rel"),
     " RETURNING version), guard AS (",
     outbox_sql!(),
@@ -511,17 +535,10 @@ const BOOK_QUEUED_SQLITE: &str = concat!(
 /// statements in one call. The one-ACTIVE index refusing the relationship
 /// fails the call, which rolls it all back.
 const ACTIVATE_SQLITE: &str = concat!(
-    "INSERT INTO partner_customers (partner_tenant_id, customer_tenant_id, display_name, \
-     primary_domain, name_key, domain_key, created_at, updated_at, delegated_state, \
-     delegated_relationship_id) VALUES ($8, $9, $15, $16, $17, $18, $7, $7, $2, $1) \
-     ON CONFLICT (partner_tenant_id, customer_tenant_id) DO UPDATE SET \
-     display_name = excluded.display_name, primary_domain = excluded.primary_domain, \
-     name_key = excluded.name_key, domain_key = excluded.domain_key, updated_at = excluded.updated_at, \
-     delegated_state = excluded.delegated_state, \
-     delegated_relationship_id = excluded.delegated_relationship_id; \
-     INSERT INTO delegated_admin_relationships (id, partner_tenant_id, customer_tenant_id, \
-     state, offer_id, reassigned_to, version, created_at, activated_at, ended_at, updated_at) \
-     VALUES ($1, $8, $9, $2, $13, $3, $4, $14, $5, $6, $7); ",
+    book_new_sql!("VALUES ($8, $9, $15, $16, $17, $18, $7, $7, $2, $1)"),
+    "; ",
+    new_relationship_sql!("VALUES ($1, $8, $9, $2, $13, $3, $4, $14, $5, $6, $7)"),
+    "; ",
     grant_version_sql!("VALUES ($9, $8, 1)"),
     "; ",
     outbox_sql!(),
